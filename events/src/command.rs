@@ -1,0 +1,62 @@
+//! Typed commands: every state change the API asks for travels as one of these.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::Kind;
+
+/// A command for the worker fleet. Handlers must be idempotent: a command can be delivered
+/// more than once (redelivery after a crash), and its id is the dedup key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", content = "args", rename_all = "snake_case")]
+pub enum Command {
+    /// No-op with a recorded effect; used by tests, benchmarks and operators to probe the bus.
+    Echo {
+        payload: String,
+        /// Test hook: the handler fails (transiently) every time, to exercise poison handling.
+        #[serde(default)]
+        fail: bool,
+    },
+    /// Ask the scheduler for a pass over one scaling group (goes through the coalescer).
+    RequestSchedule { scaling_group: String },
+    /// Terminate a session (idle checker, freeze with force-kill, admin tools).
+    TerminateSession { session_id: Uuid, reason: String },
+}
+
+impl Kind for Command {
+    fn kind(&self) -> &'static str {
+        match self {
+            Command::Echo { .. } => "echo",
+            Command::RequestSchedule { .. } => "request_schedule",
+            Command::TerminateSession { .. } => "terminate_session",
+        }
+    }
+}
+
+/// What a worker answers to a command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandReply {
+    /// Handled; `result` is handler-specific JSON.
+    Ok { result: serde_json::Value },
+    /// Handled, but refused for a reason the caller must see (validation, conflict, not
+    /// found...). Carries the HTTP-ish status and the original's error type suffix.
+    Rejected {
+        http_status: u16,
+        error_type: String,
+        title: String,
+        msg: Option<String>,
+    },
+    /// Gave up after the maximum number of deliveries or on a permanent failure.
+    Failed { error: String },
+}
+
+/// What `publish_command` tells its caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// The worker handled it within the deadline.
+    Completed(CommandReply),
+    /// Stored in the CMD stream but not finished before the deadline; it will still run
+    /// (exactly once in effect).
+    Accepted { command_id: Uuid },
+}

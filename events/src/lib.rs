@@ -1,0 +1,18 @@
+//! Typed commands and events, their subjects and streams on NATS JetStream, the command
+//! bus (publish + wait for reply) and the coalescing layer for scheduling triggers.
+//!
+//! Data flows one way: the API publishes [`Command`]s, workers consume them and publish
+//! [`Event`]s, subscribers (SSE, other workers) read events.
+
+pub mod bus;
+pub mod command;
+pub mod envelope;
+pub mod event;
+pub mod stats;
+pub mod subjects;
+
+pub use bus::{Bus, BusError, BusOptions};
+pub use command::{Command, CommandOutcome, CommandReply};
+pub use envelope::{Envelope, Kind};
+pub use event::Event;
+pub use subjects::Subjects;
