@@ -346,7 +346,9 @@ impl Bus {
                     durable_name: Some(WORKERS_CONSUMER.into()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.options.ack_wait,
-                    max_deliver: self.options.max_deliver,
+                    // Unlimited on the server: the worker enforces `max_deliver` itself so
+                    // that a give-up is always visible (event + log), never a silent drop.
+                    max_deliver: -1,
                     max_ack_pending: 20_000,
                     ..Default::default()
                 },

@@ -1,0 +1,3 @@
+//! Route modules, one per URL prefix of the original.
+
+pub mod root;

@@ -1,0 +1,54 @@
+//! `backend-ai`: one binary, subcommands in the spirit of the original CLI
+//! (`backend.ai mgr ...`, `backend.ai ag ...`).
+
+mod mgr;
+mod shutdown;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "backend-ai", version = bai_core::MANAGER_VERSION, about = "Backend.AI manager (Rust)")]
+struct Cli {
+    /// Path to manager.toml (default: ./manager.toml, then /etc/backend.ai/manager.toml).
+    #[arg(short = 'f', long = "config", global = true, env = "BAI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Manager: API server, workers, schema, fixtures, keypairs, etcd, bus.
+    Mgr {
+        #[command(subcommand)]
+        command: mgr::MgrCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let config = bai_core::Config::load(cli.config.as_deref())?;
+        bai_core::telemetry::init(&config.logging);
+        match cli.command {
+            Top::Mgr { command } => mgr::run(config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

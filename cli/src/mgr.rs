@@ -1,0 +1,361 @@
+//! `backend-ai mgr ...`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use futures::future::BoxFuture;
+
+use bai_core::etcd::Etcd;
+use bai_core::fixtures::Fixture;
+use bai_core::{Config, Db};
+use bai_events::{Bus, BusOptions, Command, CommandOutcome};
+use bai_workers::{WorkerContext, WorkerMetrics, WorkerOptions};
+
+use crate::shutdown;
+
+/// How long start-up waits for a backing service before giving up with a clear error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum MgrCommand {
+    /// Start the API server.
+    StartServer {
+        /// Listen address (default: manager.service-addr).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Start a worker (run as many as the load needs).
+    Worker {
+        /// Commands handled concurrently (default: manager.worker-concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Seconds between safety ticks of the scheduler.
+        #[arg(long, default_value_t = 10)]
+        tick_seconds: u64,
+    },
+    /// Database schema.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Load fixtures.
+    Fixture {
+        #[command(subcommand)]
+        command: FixtureCommand,
+    },
+    /// Print a new keypair; with --user, also insert it for that user (through the DB).
+    GenerateKeypair {
+        /// Email of the user to attach the keypair to.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "default")]
+        resource_policy: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value_t = 30000)]
+        rate_limit: i32,
+    },
+    /// Shared configuration in etcd (keys are relative to /sorna/<namespace>/).
+    Etcd {
+        #[command(subcommand)]
+        command: EtcdCommand,
+    },
+    /// The command bus (NATS JetStream).
+    Bus {
+        #[command(subcommand)]
+        command: BusCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchemaCommand {
+    /// Apply pending migrations (the 21.03.6 schema and our additions).
+    Migrate,
+    /// Show applied and pending migrations.
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum FixtureCommand {
+    /// Load a JSON fixture in one transaction (re-running it is harmless).
+    Populate { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum EtcdCommand {
+    Get { key: String },
+    GetPrefix { prefix: String },
+    Put { key: String, value: String },
+    /// Put a JSON document (from a file, or `-` for stdin) as a key tree.
+    PutJson { key: String, file: PathBuf },
+    Delete {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BusCommand {
+    /// Stream depths, consumer lag and redeliveries.
+    Stats,
+    /// Send an echo command through the fleet and print the reply.
+    Echo {
+        #[arg(default_value = "ping")]
+        payload: String,
+    },
+}
+
+pub async fn run(config: Config, cmd: MgrCommand) -> anyhow::Result<()> {
+    match cmd {
+        MgrCommand::StartServer { addr } => start_server(config, addr).await,
+        MgrCommand::Worker {
+            concurrency,
+            tick_seconds,
+        } => worker(config, concurrency, tick_seconds).await,
+        MgrCommand::Schema { command } => schema(config, command).await,
+        MgrCommand::Fixture {
+            command: FixtureCommand::Populate { file },
+        } => {
+            let fixture = Fixture::read(&file)?;
+            let db = connect_db(&config).await?;
+            let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
+            let report = fixture.populate(&db, Some(&etcd)).await?;
+            for (table, rows, inserted) in &report.tables {
+                println!("{table:<28} {rows:>5} rows, {inserted:>5} new");
+            }
+            println!("etcd: {} keys written", report.etcd_keys);
+            Ok(())
+        }
+        MgrCommand::GenerateKeypair {
+            user,
+            resource_policy,
+            admin,
+            rate_limit,
+        } => generate_keypair(config, user, resource_policy, admin, rate_limit).await,
+        MgrCommand::Etcd { command } => etcd(config, command).await,
+        MgrCommand::Bus { command } => bus(config, command).await,
+    }
+}
+
+async fn connect_db(config: &Config) -> anyhow::Result<Db> {
+    Ok(Db::connect(&config.db, CONNECT_TIMEOUT).await?)
+}
+
+async fn connect_bus(config: &Config, originator: &str) -> anyhow::Result<Bus> {
+    Ok(Bus::connect(&config.nats, originator, BusOptions::default(), CONNECT_TIMEOUT).await?)
+}
+
+async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let addr = match addr {
+        Some(a) => a,
+        None => config.manager.service_addr.parse()?,
+    };
+    let db = connect_db(&config).await?;
+    let redis = bai_core::redis::connect(&config.redis, CONNECT_TIMEOUT).await?;
+    let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
+    let bus = connect_bus(&config, &format!("api:{}", config.manager.id)).await?;
+    let state = bai_api::AppState::new(config, db, redis, etcd, bus);
+    let app = bai_api::Application::build(state, addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %app.local_addr()?, "API server listening");
+    app.run(shutdown::on_signals()).await?;
+    tracing::info!("API server stopped");
+    Ok(())
+}
+
+/// Placeholder pass runner until the scheduler lands: it only logs, so triggers are
+/// consumed and counted but place nothing.
+struct LoggingPassRunner;
+
+impl bai_workers::PassRunner for LoggingPassRunner {
+    fn run_pass<'a>(&'a self, scaling_group: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            tracing::debug!(scaling_group, "scheduling pass (no scheduler installed yet)");
+            Ok(())
+        })
+    }
+}
+
+async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -> anyhow::Result<()> {
+    let db = connect_db(&config).await?;
+    let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
+    let metrics = Arc::new(WorkerMetrics::default());
+    let ctx = Arc::new(WorkerContext {
+        db: db.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    });
+    let opts = WorkerOptions {
+        concurrency: concurrency.unwrap_or(config.manager.worker_concurrency),
+        ..Default::default()
+    };
+    let stop = shutdown::on_signals();
+    let groups_db = db.clone();
+    let tick = tokio::spawn(bai_workers::run_tick_loop(
+        bus.clone(),
+        Duration::from_secs(tick_seconds.max(1)),
+        move || {
+            let db = groups_db.clone();
+            Box::pin(async move {
+                let mut tx = db.begin_readonly().await?;
+                let names: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM scaling_groups WHERE is_active")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(names)
+            })
+        },
+        stop.clone(),
+    ));
+    let triggers = tokio::spawn(bai_workers::run_trigger_loop(
+        bus.clone(),
+        Arc::new(LoggingPassRunner),
+        4,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tracing::info!(concurrency = opts.concurrency, "worker started");
+    bai_workers::run_command_loop(ctx, opts, stop.clone()).await?;
+    stop.cancel();
+    let _ = tokio::join!(tick, triggers);
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn schema(config: Config, cmd: SchemaCommand) -> anyhow::Result<()> {
+    let db = connect_db(&config).await?;
+    match cmd {
+        SchemaCommand::Migrate => {
+            db.migrate().await.context("migration failed")?;
+            let applied = db.schema_versions().await?;
+            match applied.last() {
+                Some((v, d, _)) => println!("schema is at version {v} ({d})"),
+                None => println!("no migrations applied"),
+            }
+        }
+        SchemaCommand::Show => {
+            let applied = db.schema_versions().await?;
+            for m in bai_core::db::MIGRATOR.iter() {
+                let state = match applied.iter().find(|(v, _, _)| *v == m.version) {
+                    Some((_, _, true)) => "applied",
+                    Some((_, _, false)) => "FAILED",
+                    None => "pending",
+                };
+                println!("{:>16}  {:<8} {}", m.version, state, m.description);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn generate_keypair(
+    config: Config,
+    user: Option<String>,
+    resource_policy: String,
+    admin: bool,
+    rate_limit: i32,
+) -> anyhow::Result<()> {
+    let (ak, sk) = bai_core::keypair::generate_keypair();
+    if let Some(email) = user {
+        let db = connect_db(&config).await?;
+        let (ak2, sk2, email2, policy) = (ak.clone(), sk.clone(), email.clone(), resource_policy.clone());
+        db.transact(move |txn| {
+            let (ak, sk, email, policy) = (ak2.clone(), sk2.clone(), email2.clone(), policy.clone());
+            Box::pin(async move {
+                let uuid: Option<uuid::Uuid> =
+                    sqlx::query_scalar("SELECT uuid FROM users WHERE email = $1")
+                        .bind(&email)
+                        .fetch_optional(&mut **txn)
+                        .await?;
+                let uuid = uuid.ok_or_else(|| anyhow::anyhow!("no user with email {email}"))?;
+                sqlx::query(
+                    "INSERT INTO keypairs (user_id, access_key, secret_key, is_active, is_admin, \
+                     rate_limit, num_queries, concurrency_used, \"user\", resource_policy) \
+                     VALUES ($1, $2, $3, true, $4, $5, 0, 0, $6, $7)",
+                )
+                .bind(&email)
+                .bind(&ak)
+                .bind(&sk)
+                .bind(admin)
+                .bind(rate_limit)
+                .bind(uuid)
+                .bind(&policy)
+                .execute(&mut **txn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        println!("Inserted the keypair for {email}.");
+    }
+    println!("Access Key: {ak}");
+    println!("Secret Key: {sk}");
+    Ok(())
+}
+
+async fn etcd(config: Config, cmd: EtcdCommand) -> anyhow::Result<()> {
+    let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
+    match cmd {
+        EtcdCommand::Get { key } => match etcd.get(&key).await? {
+            Some(v) => println!("{v}"),
+            None => anyhow::bail!("no such key: {key}"),
+        },
+        EtcdCommand::GetPrefix { prefix } => {
+            let map = etcd.get_prefix(&prefix).await?;
+            println!("{}", serde_json::to_string_pretty(&map)?);
+        }
+        EtcdCommand::Put { key, value } => etcd.put(&key, &value).await?,
+        EtcdCommand::PutJson { key, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
+            etcd.put_json(&key, &doc).await?;
+        }
+        EtcdCommand::Delete { key, prefix } => {
+            let n = etcd.delete(&key, prefix).await?;
+            println!("deleted {n} key(s)");
+        }
+    }
+    Ok(())
+}
+
+async fn bus(config: Config, cmd: BusCommand) -> anyhow::Result<()> {
+    let bus = connect_bus(&config, "cli").await?;
+    match cmd {
+        BusCommand::Stats => {
+            let stats = bai_events::stats::bus_stats(&bus).await?;
+            println!("{:<20} {:>10} {:>12}   consumers (pending / in flight / redelivered)", "stream", "messages", "bytes");
+            for s in stats {
+                let consumers: Vec<String> = s
+                    .consumers
+                    .iter()
+                    .map(|c| format!("{}: {} / {} / {}", c.name, c.pending, c.ack_pending, c.redelivered))
+                    .collect();
+                println!("{:<20} {:>10} {:>12}   {}", s.stream, s.messages, s.bytes, consumers.join(", "));
+            }
+        }
+        BusCommand::Echo { payload } => {
+            let outcome = bus
+                .publish_command(Command::Echo { payload, fail: false }, Duration::from_secs(10))
+                .await?;
+            match outcome {
+                CommandOutcome::Completed(reply) => println!("{}", serde_json::to_string(&reply)?),
+                CommandOutcome::Accepted { command_id } => {
+                    println!("accepted as {command_id}; no worker answered within 10 s")
+                }
+            }
+        }
+    }
+    Ok(())
+}

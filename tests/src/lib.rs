@@ -1,0 +1,271 @@
+//! Test harness: every test gets its own database (cloned from a migrated, fixture-loaded
+//! template), its own NATS stream prefix and its own etcd namespace, all removed on drop.
+//! Nothing is mocked: PostgreSQL, Redis, NATS JetStream, RabbitMQ and etcd are real.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use bai_core::config::Config;
+use bai_core::etcd::Etcd;
+use bai_core::Db;
+use bai_events::{Bus, BusOptions};
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Workspace root, for fixture and ops paths.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Base configuration for tests: the defaults (local services) with `BAI_*` overrides.
+pub fn base_config() -> Config {
+    let mut cfg = Config::load(Some(&workspace_root().join("ops/manager.toml"))).expect("test config");
+    cfg.logging.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    cfg
+}
+
+pub fn init_tracing() {
+    bai_core::telemetry::init(&base_config().logging);
+}
+
+fn admin_url(cfg: &Config, db: &str) -> String {
+    let mut c = cfg.db.clone();
+    c.name = db.to_string();
+    c.url()
+}
+
+async fn admin_pool(cfg: &Config) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&admin_url(cfg, "postgres"))
+        .await
+        .expect("connect to the postgres maintenance database")
+}
+
+/// Name of the template for the current migrations + example fixture (content-addressed,
+/// so a schema change never reuses a stale template).
+fn template_name() -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for m in bai_core::db::MIGRATOR.iter() {
+        for b in m.checksum.iter().chain(m.version.to_le_bytes().iter()) {
+            h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    let fixture = std::fs::read(workspace_root().join("ops/fixtures/example.json")).unwrap_or_default();
+    for b in fixture {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    format!("bai_tmpl_{h:016x}")
+}
+
+async fn ensure_template(cfg: &Config) -> String {
+    let name = template_name();
+    let admin = admin_pool(cfg).await;
+    let mut conn = admin.acquire().await.expect("admin connection");
+    // A session-level advisory lock makes template creation single-flight across the
+    // test processes that cargo runs in parallel.
+    sqlx::query("SELECT pg_advisory_lock(7243, 1)")
+        .execute(&mut *conn)
+        .await
+        .expect("template lock");
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("template lookup");
+    if !exists {
+        let building = format!("{name}_building");
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"))
+            .execute(&mut *conn)
+            .await;
+        sqlx::query(&format!("CREATE DATABASE \"{building}\""))
+            .execute(&mut *conn)
+            .await
+            .expect("create template");
+        {
+            let mut c = cfg.db.clone();
+            c.name = building.clone();
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect(&c.url())
+                .await
+                .expect("connect template");
+            let db = Db::from_pool(pool.clone(), &c);
+            db.migrate().await.expect("migrate template");
+            let fixture = bai_core::fixtures::Fixture::read(&workspace_root().join("ops/fixtures/example.json"))
+                .expect("example fixture");
+            fixture.populate(&db, None).await.expect("load fixture into template");
+            pool.close().await;
+        }
+        sqlx::query(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\""))
+            .execute(&mut *conn)
+            .await
+            .expect("publish template");
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7243, 1)")
+        .execute(&mut *conn)
+        .await
+        .expect("template unlock");
+    drop(conn);
+    admin.close().await;
+    name
+}
+
+/// A fresh database for one test, cloned from the template; dropped when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub config: Config,
+    pub db: Db,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let mut cfg = base_config();
+        let tmpl = ensure_template(&cfg).await;
+        let name = format!("bai_t_{}", Uuid::new_v4().simple());
+        let admin = admin_pool(&cfg).await;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{tmpl}\""))
+            .execute(&admin)
+            .await
+            .expect("clone template");
+        admin.close().await;
+        cfg.db.name = name.clone();
+        let db = Db::connect(&cfg.db, TIMEOUT).await.expect("connect test db");
+        Self { name, config: cfg, db }
+    }
+
+    /// An empty database (no schema), for migration tests.
+    pub async fn empty() -> Self {
+        let mut cfg = base_config();
+        let name = format!("bai_t_{}", Uuid::new_v4().simple());
+        let admin = admin_pool(&cfg).await;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&admin)
+            .await
+            .expect("create empty db");
+        admin.close().await;
+        cfg.db.name = name.clone();
+        let db = Db::connect(&cfg.db, TIMEOUT).await.expect("connect test db");
+        Self { name, config: cfg, db }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let cfg = self.config.clone();
+        let pool = self.db.pool().clone();
+        // Drop runs inside the test's runtime; do the async cleanup on a helper thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                let admin = admin_pool(&cfg).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A bus on private streams (unique prefix), deleted on drop.
+pub struct TestBus {
+    pub bus: Bus,
+    pub prefix: String,
+}
+
+impl TestBus {
+    pub async fn new(options: BusOptions) -> Self {
+        let mut cfg = base_config();
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        cfg.nats.prefix = prefix.clone();
+        let bus = Bus::connect(&cfg.nats, "test", options, TIMEOUT)
+            .await
+            .expect("connect NATS");
+        Self { bus, prefix }
+    }
+
+    /// Another connection (as another process would have) to the same streams.
+    pub async fn peer(&self, originator: &str) -> Bus {
+        let mut cfg = base_config();
+        cfg.nats.prefix = self.prefix.clone();
+        Bus::connect(&cfg.nats, originator, self.bus.options().clone(), TIMEOUT)
+            .await
+            .expect("connect NATS peer")
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let bus = self.bus.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = bus.delete_streams().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// An etcd namespace of its own, deleted on drop.
+pub struct TestEtcd {
+    pub etcd: Etcd,
+}
+
+impl TestEtcd {
+    pub async fn new() -> Self {
+        let mut cfg = base_config();
+        cfg.etcd.namespace = format!("test-{}", Uuid::new_v4().simple());
+        let etcd = Etcd::connect(&cfg.etcd, TIMEOUT).await.expect("connect etcd");
+        Self { etcd }
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let etcd = self.etcd.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = etcd.delete("", true).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, for state that has no notification to await
+/// (e.g. a row written by another process). Bounded by `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,65 @@
+//! Command handlers: one function per command kind, all idempotent.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use bai_events::{Command, CommandReply, Envelope};
+
+use crate::idempotency::run_once;
+use crate::runtime::{HandlerError, WorkerContext};
+
+/// Routes a command to its handler.
+pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Result<CommandReply, HandlerError> {
+    match &env.body {
+        Command::Echo { payload, fail } => echo(ctx, env, payload, *fail).await,
+        Command::RequestSchedule { scaling_group } => {
+            let queued = ctx
+                .bus
+                .request_schedule(scaling_group)
+                .await
+                .map_err(|e| HandlerError::Transient(e.into()))?;
+            Ok(CommandReply::Ok {
+                result: json!({ "queued": queued }),
+            })
+        }
+        Command::TerminateSession { session_id, .. } => Ok(CommandReply::Rejected {
+            http_status: 501,
+            error_type: "not-implemented".into(),
+            title: "Session termination is not available in this build".into(),
+            msg: Some(format!("session {session_id}")),
+        }),
+    }
+}
+
+/// The echo command records one row per command id, so tests can count effects.
+async fn echo(
+    ctx: &Arc<WorkerContext>,
+    env: &Envelope<Command>,
+    payload: &str,
+    fail: bool,
+) -> Result<CommandReply, HandlerError> {
+    if fail {
+        return Err(HandlerError::Transient(anyhow::anyhow!(
+            "echo asked to fail (poison-command test hook)"
+        )));
+    }
+    let id = env.id;
+    let payload = payload.to_string();
+    let done = run_once(&ctx.db, id, "echo", move |txn| {
+        let payload = payload.clone();
+        Box::pin(async move {
+            sqlx::query("INSERT INTO bus_echo_effects (command_id, payload) VALUES ($1, $2)")
+                .bind(id)
+                .bind(&payload)
+                .execute(&mut **txn)
+                .await?;
+            Ok(json!({ "echo": payload }))
+        })
+    })
+    .await
+    .map_err(HandlerError::from_txn)?;
+    Ok(CommandReply::Ok {
+        result: done.into_value(),
+    })
+}
