@@ -1,6 +1,7 @@
 //! The HTTP front-end. It reads with read-only transactions, Redis and etcd, and writes
 //! only by publishing commands (see `bai-events`); it never mutates state itself.
 
+pub mod auth;
 pub mod error;
 pub mod routes;
 pub mod state;

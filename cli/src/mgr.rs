@@ -186,9 +186,13 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
     let db = connect_db(&config).await?;
     let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
     let metrics = Arc::new(WorkerMetrics::default());
+    let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
+    let redis = bai_core::redis::connect(&config.redis, CONNECT_TIMEOUT).await?;
     let ctx = Arc::new(WorkerContext {
         db: db.clone(),
         bus: bus.clone(),
+        etcd: Some(etcd),
+        redis: Some(redis),
         metrics: metrics.clone(),
     });
     let opts = WorkerOptions {

@@ -29,6 +29,10 @@ use crate::handlers;
 pub struct WorkerContext {
     pub db: Db,
     pub bus: Bus,
+    /// Shared config (manager status, images, scheduler plugin options...).
+    pub etcd: Option<bai_core::etcd::Etcd>,
+    /// Counters, liveness, live stats.
+    pub redis: Option<bai_core::redis::RedisPool>,
     pub metrics: Arc<WorkerMetrics>,
 }
 
