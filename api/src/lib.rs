@@ -2,33 +2,104 @@
 //! only by publishing commands (see `bai-events`); it never mutates state itself.
 
 pub mod auth;
+pub mod commands;
 pub mod error;
+pub mod graphql;
+pub mod params;
 pub mod routes;
+pub mod slots;
 pub mod state;
 
 use std::net::SocketAddr;
 
-use axum::http::{header, HeaderValue};
-use axum::routing::get;
-use axum::Router;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Uri};
+use axum::routing::{get, post};
+use axum::{middleware, Router, ServiceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+
+use auth::middleware as mw;
 
 pub use error::{ApiError, ApiResult};
 pub use state::AppState;
 
-/// Builds the router over a shared state.
-pub fn router(state: AppState) -> Router {
+/// Every route of the API. Authentication is applied to all of them afterwards (see
+/// [`router`]); the anonymous ones are listed in `auth::middleware::is_anonymous`.
+/// Literal paths such as `/session/_/logs` win over `{param}` paths automatically.
+fn routes() -> Router<AppState> {
+    use routes::{auth as auth_routes, config, image, manager, resource, scaling_groups};
     Router::new()
         .route("/", get(routes::root::hello))
-        .fallback(|| async { ApiError::not_found() })
+        .route("/manager/status", get(manager::get_status).put(manager::put_status))
+        .route(
+            "/manager/announcement",
+            get(manager::get_announcement).post(manager::post_announcement),
+        )
+        .route("/auth", get(auth_routes::test).post(auth_routes::test))
+        .route("/auth/test", get(auth_routes::test).post(auth_routes::test))
+        .route("/auth/authorize", post(auth_routes::authorize))
+        .route("/auth/role", get(auth_routes::role))
+        .route("/server/login", post(auth::preauth::login))
+        .route("/server/logout", post(auth::preauth::logout))
+        .route("/resource/presets", get(resource::list_presets))
+        .route("/resource/check-presets", post(resource::check_presets))
+        .route("/scaling-groups", get(scaling_groups::list_available))
+        .route("/config/resource-slots", get(config::resource_slots))
+        .route("/config/vfolder-types", get(config::vfolder_types))
+        .route("/config/docker-registries", get(config::docker_registries))
+        .route("/config/get", post(config::get))
+        .route("/config/set", post(config::set))
+        .route("/config/delete", post(config::delete))
+        .route("/image/import", get(image::import).post(image::import))
+        .merge(graphql::graphql_routes())
+}
+
+async fn unknown_path(uri: Uri) -> ApiError {
+    ApiError::not_found().with_msg(format!("Unknown URL path: {}", uri.path()))
+}
+
+/// Builds the router over a shared state: the routes, then (inner → outer) auth + rate
+/// limit on matched routes only, the 404 fallback, API-version check, anonymous rate-limit
+/// headers, panic catching, problem+json for framework errors, CORS, request ids,
+/// tracing and the `Server` header.
+pub fn router(state: AppState) -> Router {
+    routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), mw::authenticate))
+        .fallback(unknown_path)
+        .layer(middleware::from_fn(mw::api_version))
+        .layer(middleware::from_fn(mw::default_rate_limit_headers))
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(mw::problem_json_errors))
+        // Open to any origin, all headers allowed and exposed, no credentials (§1.1);
+        // answers preflight OPTIONS before routing or auth.
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods(Any)
+                .allow_headers(Any)
+                .expose_headers(Any),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetResponseHeaderLayer::overriding(
             header::SERVER,
             HeaderValue::from_static("BackendAI"),
         ))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -54,9 +125,11 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        // `X-Method-Override` must act before routing, so it wraps the router from outside.
+        let app = middleware::from_fn(mw::method_override).layer(self.router);
         axum::serve(
             self.listener,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

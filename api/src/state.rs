@@ -18,12 +18,15 @@ pub struct Inner {
     pub redis: RedisPool,
     pub etcd: Etcd,
     pub bus: Bus,
+    /// Credential cache, rate limiter and the pre-auth hook (see `crate::auth`).
+    pub auth: crate::auth::AuthRuntime,
 }
 
 impl AppState {
     pub fn new(config: Config, db: Db, redis: RedisPool, etcd: Etcd, bus: Bus) -> Self {
         Self {
             inner: Arc::new(Inner {
+                auth: crate::auth::AuthRuntime::from_config(&config),
                 config,
                 db,
                 redis,

@@ -351,7 +351,11 @@ async fn bus(config: Config, cmd: BusCommand) -> anyhow::Result<()> {
         }
         BusCommand::Echo { payload } => {
             let outcome = bus
-                .publish_command(Command::Echo { payload, fail: false }, Duration::from_secs(10))
+                .publish_command(Command::Echo {
+                    payload,
+                    fail: false,
+                    delay_ms: 0,
+                }, Duration::from_secs(10))
                 .await?;
             match outcome {
                 CommandOutcome::Completed(reply) => println!("{}", serde_json::to_string(&reply)?),

@@ -152,12 +152,16 @@ impl Default for NatsConfig {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RabbitConfig {
     pub url: String,
+    /// Prefix of the agent protocol's queues and exchanges (`{prefix}.agent.*`), so several
+    /// deployments (or tests) can share one broker.
+    pub prefix: String,
 }
 
 impl Default for RabbitConfig {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "bai".into(),
         }
     }
 }
@@ -178,6 +182,18 @@ pub struct ManagerConfig {
     pub worker_concurrency: usize,
     pub pid_file: Option<PathBuf>,
     pub disabled_plugins: Vec<String>,
+    /// PRE_AUTH_MIDDLEWARE hook (21.03 #420): `none`, or `cookie-sso` (session cookies
+    /// issued by `POST /server/login`, signed with `secret`).
+    pub pre_auth_hook: PreAuthHookKind,
+}
+
+/// Which pre-auth hook the API runs before HMAC verification.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreAuthHookKind {
+    #[default]
+    None,
+    CookieSso,
 }
 
 impl Default for ManagerConfig {
@@ -193,6 +209,7 @@ impl Default for ManagerConfig {
             worker_concurrency: 64,
             pid_file: None,
             disabled_plugins: Vec::new(),
+            pre_auth_hook: PreAuthHookKind::None,
         }
     }
 }
@@ -293,6 +310,14 @@ impl Config {
         }
         if self.db.txn_retry_max_attempts == 0 {
             return Err(bad("db.txn-retry-max-attempts", "must be >= 1"));
+        }
+        if self.manager.pre_auth_hook == PreAuthHookKind::CookieSso
+            && self.manager.secret.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(bad(
+                "manager.pre-auth-hook",
+                "\"cookie-sso\" needs manager.secret to sign session cookies",
+            ));
         }
         if self.manager.worker_concurrency == 0 {
             return Err(bad("manager.worker-concurrency", "must be >= 1"));

@@ -16,11 +16,25 @@ pub enum Command {
         /// Test hook: the handler fails (transiently) every time, to exercise poison handling.
         #[serde(default)]
         fail: bool,
+        /// Test hook: sleep this long before acting (to crash a worker mid-command).
+        #[serde(default)]
+        delay_ms: u64,
     },
     /// Ask the scheduler for a pass over one scaling group (goes through the coalescer).
     RequestSchedule { scaling_group: String },
     /// Terminate a session (idle checker, freeze with force-kill, admin tools).
     TerminateSession { session_id: Uuid, reason: String },
+    /// An admin mutation from GraphQL (domains, groups, users, keypairs, policies, presets,
+    /// scaling groups, images); see [`crate::admin`].
+    Admin(crate::admin::AdminCommand),
+    /// Set the manager status (etcd `manager/status`: `running` or `frozen`).
+    SetManagerStatus { status: String },
+    /// Set (`Some`) or remove (`None`) the announcement (etcd `manager/announcement`).
+    SetAnnouncement { message: Option<String> },
+    /// Write a raw etcd key (`POST /config/set`); an object is written as a key tree.
+    EtcdPut { key: String, value: serde_json::Value },
+    /// Delete a raw etcd key, or every key under it (`POST /config/delete`).
+    EtcdDelete { key: String, prefix: bool },
 }
 
 impl Kind for Command {
@@ -29,6 +43,11 @@ impl Kind for Command {
             Command::Echo { .. } => "echo",
             Command::RequestSchedule { .. } => "request_schedule",
             Command::TerminateSession { .. } => "terminate_session",
+            Command::Admin(_) => "admin",
+            Command::SetManagerStatus { .. } => "set_manager_status",
+            Command::SetAnnouncement { .. } => "set_announcement",
+            Command::EtcdPut { .. } => "etcd_put",
+            Command::EtcdDelete { .. } => "etcd_delete",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Data flows one way: the API publishes [`Command`]s, workers consume them and publish
 //! [`Event`]s, subscribers (SSE, other workers) read events.
 
+pub mod admin;
 pub mod bus;
 pub mod command;
 pub mod envelope;
@@ -11,6 +12,7 @@ pub mod event;
 pub mod stats;
 pub mod subjects;
 
+pub use admin::{AdminCaller, AdminCommand, AdminOp};
 pub use bus::{Bus, BusError, BusOptions};
 pub use command::{Command, CommandOutcome, CommandReply};
 pub use envelope::{Envelope, Kind};

@@ -2,6 +2,9 @@
 //! template), its own NATS stream prefix and its own etcd namespace, all removed on drop.
 //! Nothing is mocked: PostgreSQL, Redis, NATS JetStream, RabbitMQ and etcd are real.
 
+pub mod app;
+pub mod client;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -161,14 +164,15 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let cfg = self.config.clone();
-        let pool = self.db.pool().clone();
-        // Drop runs inside the test's runtime; do the async cleanup on a helper thread.
+        // Drop runs inside the test's (possibly single-threaded, now blocked) runtime, so the
+        // cleanup uses fresh connections on a helper thread; reusing the test's clients
+        // would deadlock on tasks that live on the blocked runtime. FORCE ends the test's
+        // own connections.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 let admin = admin_pool(&cfg).await;
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&admin)
@@ -184,6 +188,18 @@ impl Drop for TestDb {
 pub struct TestBus {
     pub bus: Bus,
     pub prefix: String,
+}
+
+async fn delete_streams(prefix: &str) {
+    let mut cfg = base_config();
+    cfg.nats.prefix = prefix.to_string();
+    if let Ok(client) = async_nats::connect(&cfg.nats.url).await {
+        let js = async_nats::jetstream::new(client);
+        let s = bai_events::Subjects::new(prefix);
+        for name in [s.cmd_stream(), s.events_stream(), s.trigger_stream()] {
+            let _ = js.delete_stream(name).await;
+        }
+    }
 }
 
 impl TestBus {
@@ -209,14 +225,12 @@ impl TestBus {
 
 impl Drop for TestBus {
     fn drop(&mut self) {
-        let bus = self.bus.clone();
+        let prefix = self.prefix.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
-            rt.block_on(async move {
-                let _ = bus.delete_streams().await;
-            });
+            rt.block_on(delete_streams(&prefix));
         })
         .join();
     }
@@ -225,6 +239,7 @@ impl Drop for TestBus {
 /// An etcd namespace of its own, deleted on drop.
 pub struct TestEtcd {
     pub etcd: Etcd,
+    pub namespace: String,
 }
 
 impl TestEtcd {
@@ -232,19 +247,25 @@ impl TestEtcd {
         let mut cfg = base_config();
         cfg.etcd.namespace = format!("test-{}", Uuid::new_v4().simple());
         let etcd = Etcd::connect(&cfg.etcd, TIMEOUT).await.expect("connect etcd");
-        Self { etcd }
+        Self {
+            etcd,
+            namespace: cfg.etcd.namespace,
+        }
     }
 }
 
 impl Drop for TestEtcd {
     fn drop(&mut self) {
-        let etcd = self.etcd.clone();
+        let mut cfg = base_config();
+        cfg.etcd.namespace = self.namespace.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
-                let _ = etcd.delete("", true).await;
+                if let Ok(etcd) = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await {
+                    let _ = etcd.delete("", true).await;
+                }
             });
         })
         .join();

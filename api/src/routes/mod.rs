@@ -1,3 +1,9 @@
 //! Route modules, one per URL prefix of the original.
 
+pub mod auth;
+pub mod config;
+pub mod image;
+pub mod manager;
+pub mod resource;
 pub mod root;
+pub mod scaling_groups;

@@ -7,12 +7,24 @@ use serde_json::json;
 use bai_events::{Command, CommandReply, Envelope};
 
 use crate::idempotency::run_once;
+
+pub mod admin;
+pub mod manager;
 use crate::runtime::{HandlerError, WorkerContext};
 
 /// Routes a command to its handler.
 pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Result<CommandReply, HandlerError> {
     match &env.body {
-        Command::Echo { payload, fail } => echo(ctx, env, payload, *fail).await,
+        Command::Echo {
+            payload,
+            fail,
+            delay_ms,
+        } => {
+            if *delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(*delay_ms)).await;
+            }
+            echo(ctx, env, payload, *fail).await
+        }
         Command::RequestSchedule { scaling_group } => {
             let queued = ctx
                 .bus
@@ -29,6 +41,11 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
             title: "Session termination is not available in this build".into(),
             msg: Some(format!("session {session_id}")),
         }),
+        Command::SetManagerStatus { .. }
+        | Command::SetAnnouncement { .. }
+        | Command::EtcdPut { .. }
+        | Command::EtcdDelete { .. } => manager::handle(ctx, env).await,
+        Command::Admin(cmd) => admin::handle(ctx, env, cmd).await,
     }
 }
 
