@@ -1,6 +1,7 @@
 //! `backend-ai`: one binary, subcommands in the spirit of the original CLI
 //! (`backend.ai mgr ...`, `backend.ai ag ...`).
 
+mod dev;
 mod mgr;
 mod shutdown;
 
@@ -26,6 +27,25 @@ enum Top {
         #[command(subcommand)]
         command: mgr::MgrCommand,
     },
+    /// Development: run the whole system in the foreground.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// API server, workers and agents as supervised child processes; Ctrl-C stops all.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Process agents to start (needs the `ag` subcommands).
+        #[arg(long, default_value_t = 0)]
+        agents: usize,
+        #[arg(long, default_value = "0.0.0.0:8081")]
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,11 +57,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config_path = cli.config.clone();
     let result = runtime.block_on(async move {
         let config = bai_core::Config::load(cli.config.as_deref())?;
         bai_core::telemetry::init(&config.logging);
         match cli.command {
             Top::Mgr { command } => mgr::run(config, command).await,
+            Top::Dev {
+                command: DevCommand::Up { workers, agents, addr },
+            } => {
+                dev::up(dev::DevOptions {
+                    config: config_path,
+                    workers,
+                    agents,
+                    addr,
+                })
+                .await
+            }
         }
     });
     match result {

@@ -35,6 +35,7 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub use async_graphql::Request as GqlRequest;
 pub use context::ReqCtx;
 pub use mutation::Mutations;
 pub use query::Queries;
