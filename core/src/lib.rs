@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod fixtures;
 pub mod keypair;
 pub mod redis;
+pub mod slots;
 pub mod telemetry;
 
 pub use config::Config;
