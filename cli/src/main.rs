@@ -27,6 +27,11 @@ enum Top {
         #[command(subcommand)]
         command: mgr::MgrCommand,
     },
+    /// Agent: a process-runtime agent, or a fleet of simulated agents.
+    Ag {
+        #[command(subcommand)]
+        command: bai_agent::cli::AgCommand,
+    },
     /// Development: run the whole system in the foreground.
     Dev {
         #[command(subcommand)]
@@ -63,6 +68,13 @@ fn main() -> ExitCode {
         bai_core::telemetry::init(&config.logging);
         match cli.command {
             Top::Mgr { command } => mgr::run(config, command).await,
+            Top::Ag { command } => {
+                let defaults = bai_agent::cli::Defaults {
+                    amqp_url: config.rabbitmq.url.clone(),
+                    prefix: config.rabbitmq.prefix.clone(),
+                };
+                bai_agent::cli::run(command, defaults, shutdown::on_signals()).await
+            }
             Top::Dev {
                 command: DevCommand::Up { workers, agents, addr },
             } => {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use futures::future::BoxFuture;
 
 use bai_core::etcd::Etcd;
 use bai_core::fixtures::Fixture;
@@ -169,19 +168,6 @@ async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Resul
     Ok(())
 }
 
-/// Placeholder pass runner until the scheduler lands: it only logs, so triggers are
-/// consumed and counted but place nothing.
-struct LoggingPassRunner;
-
-impl bai_workers::PassRunner for LoggingPassRunner {
-    fn run_pass<'a>(&'a self, scaling_group: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            tracing::debug!(scaling_group, "scheduling pass (no scheduler installed yet)");
-            Ok(())
-        })
-    }
-}
-
 async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -> anyhow::Result<()> {
     let db = connect_db(&config).await?;
     let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
@@ -193,6 +179,15 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
         bus: bus.clone(),
         etcd: Some(etcd),
         redis: Some(redis),
+        agent_rpc: Some(Arc::new(
+            bai_agent_proto::AgentRpcClient::connect(
+                &config.rabbitmq.url,
+                &config.rabbitmq.prefix,
+                &format!("worker-rpc:{}", config.manager.id),
+                bai_agent_proto::RpcClientOptions::default(),
+            )
+            .await?,
+        )),
         metrics: metrics.clone(),
     });
     let opts = WorkerOptions {
@@ -220,15 +215,21 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
     ));
     let triggers = tokio::spawn(bai_workers::run_trigger_loop(
         bus.clone(),
-        Arc::new(LoggingPassRunner),
+        Arc::new(bai_workers::sessions::SessionScheduler::new(ctx.clone())),
         4,
         metrics.clone(),
         stop.clone(),
     ));
+    // Agent events (heartbeats, kernel lifecycle over RabbitMQ) and lost-agent detection.
+    let agents_rt = bai_workers::agents::AgentsRuntime::new(
+        ctx.clone(),
+        bai_workers::agents::AgentIngestOptions::from_config(&config),
+    )?;
+    let agents = tokio::spawn(bai_workers::agents::run(agents_rt, stop.clone()));
     tracing::info!(concurrency = opts.concurrency, "worker started");
     bai_workers::run_command_loop(ctx, opts, stop.clone()).await?;
     stop.cancel();
-    let _ = tokio::join!(tick, triggers);
+    let _ = tokio::join!(tick, triggers, agents);
     tracing::info!("worker stopped");
     Ok(())
 }

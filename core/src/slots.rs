@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use rust_decimal::prelude::*;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};

@@ -24,9 +24,20 @@ pub enum Command {
     RequestSchedule { scaling_group: String },
     /// Terminate a session (idle checker, freeze with force-kill, admin tools).
     TerminateSession { session_id: Uuid, reason: String },
+    /// Enqueue a new session (all kernel rows in one transaction).
+    CreateSession(Box<crate::session::SessionSpec>),
+    /// Destroy a session as `DELETE /session/{id}` does.
+    DestroySession {
+        session_id: Uuid,
+        forced: bool,
+        reason: String,
+    },
+    /// Start the PREPARING kernels of a session on their agents (issued by the scheduler).
+    StartSession { session_id: Uuid },
     /// An admin mutation from GraphQL (domains, groups, users, keypairs, policies, presets,
     /// scaling groups, images); see [`crate::admin`].
-    Admin(crate::admin::AdminCommand),
+    /// Boxed: the largest variant by far, kept off the size of every other command.
+    Admin(Box<crate::admin::AdminCommand>),
     /// Set the manager status (etcd `manager/status`: `running` or `frozen`).
     SetManagerStatus { status: String },
     /// Set (`Some`) or remove (`None`) the announcement (etcd `manager/announcement`).
@@ -43,6 +54,9 @@ impl Kind for Command {
             Command::Echo { .. } => "echo",
             Command::RequestSchedule { .. } => "request_schedule",
             Command::TerminateSession { .. } => "terminate_session",
+            Command::CreateSession(_) => "create_session",
+            Command::DestroySession { .. } => "destroy_session",
+            Command::StartSession { .. } => "start_session",
             Command::Admin(_) => "admin",
             Command::SetManagerStatus { .. } => "set_manager_status",
             Command::SetAnnouncement { .. } => "set_announcement",
@@ -65,6 +79,9 @@ pub enum CommandReply {
         error_type: String,
         title: String,
         msg: Option<String>,
+        /// Extra problem+json `data` (e.g. `existingSessionId`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
     },
     /// Gave up after the maximum number of deliveries or on a permanent failure.
     Failed { error: String },

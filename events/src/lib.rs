@@ -9,6 +9,7 @@ pub mod bus;
 pub mod command;
 pub mod envelope;
 pub mod event;
+pub mod session;
 pub mod stats;
 pub mod subjects;
 

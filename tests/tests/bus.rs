@@ -31,6 +31,7 @@ struct Worker {
 fn start_worker(db: &bai_core::Db, bus: Bus, concurrency: usize) -> Worker {
     let metrics = Arc::new(WorkerMetrics::default());
     let ctx = Arc::new(WorkerContext {
+        agent_rpc: None,
         db: db.clone(),
         bus,
         etcd: None,
@@ -114,6 +115,7 @@ async fn redelivered_command_runs_once_in_effect() {
     let t = TestDb::new().await;
     let tb = TestBus::new(fast_options()).await;
     let ctx = Arc::new(WorkerContext {
+        agent_rpc: None,
         db: t.db.clone(),
         bus: tb.bus.clone(),
         etcd: None,

@@ -33,6 +33,8 @@ pub struct WorkerContext {
     pub etcd: Option<bai_core::etcd::Etcd>,
     /// Counters, liveness, live stats.
     pub redis: Option<bai_core::redis::RedisPool>,
+    /// Manager → agent RPC over RabbitMQ (session start/destroy).
+    pub agent_rpc: Option<Arc<bai_agent_proto::AgentRpcClient>>,
     pub metrics: Arc<WorkerMetrics>,
 }
 

@@ -35,12 +35,16 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
                 result: json!({ "queued": queued }),
             })
         }
-        Command::TerminateSession { session_id, .. } => Ok(CommandReply::Rejected {
-            http_status: 501,
-            error_type: "not-implemented".into(),
-            title: "Session termination is not available in this build".into(),
-            msg: Some(format!("session {session_id}")),
-        }),
+        Command::TerminateSession { session_id, reason } => {
+            crate::sessions::destroy(ctx, *session_id, false, reason).await
+        }
+        Command::CreateSession(spec) => crate::sessions::create(ctx, env, spec).await,
+        Command::DestroySession {
+            session_id,
+            forced,
+            reason,
+        } => crate::sessions::destroy(ctx, *session_id, *forced, reason).await,
+        Command::StartSession { session_id } => crate::sessions::start(ctx, *session_id).await,
         Command::SetManagerStatus { .. }
         | Command::SetAnnouncement { .. }
         | Command::EtcdPut { .. }
