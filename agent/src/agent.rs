@@ -48,8 +48,10 @@ pub struct Agent {
     /// The original agent creates at most 4 kernels at once.
     create_slots: Semaphore,
     conn: Mutex<Option<Arc<Connection>>>,
-    /// Stops the background loops (heartbeat, stats, outbox).
+    /// Stops the background loops (stats, outbox).
     background: CancellationToken,
+    /// Stops the heartbeats (before `agent_terminated`, so none follows it).
+    heartbeats: CancellationToken,
     python: PathBuf,
 }
 
@@ -73,6 +75,7 @@ impl AgentHandle {
     pub async fn crash(self) {
         self.agent.link.mute();
         self.agent.background.cancel();
+        self.agent.heartbeats.cancel();
         self.task.abort();
         for k in self.agent.kernel_list() {
             k.request_stop("agent-crash", true);
@@ -121,6 +124,7 @@ impl Agent {
             create_slots: Semaphore::new(4),
             conn: Mutex::new(None),
             background: CancellationToken::new(),
+            heartbeats: CancellationToken::new(),
         })
     }
 
@@ -199,6 +203,7 @@ impl Agent {
         }
         tracing::info!(agent_id = %self.cfg.id, "agent stopping: destroying kernels");
         self.destroy_all("agent-termination").await;
+        self.heartbeats.cancel();
         self.link.emit(AgentEvent::AgentTerminated {
             reason: "shutdown".into(),
         });
@@ -245,7 +250,7 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = self.background.cancelled() => return,
+                _ = self.heartbeats.cancelled() => return,
                 _ = tick.tick() => {}
             }
             self.link.send_now(AgentEvent::Heartbeat(self.info())).await;

@@ -28,7 +28,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ReqId {
             .extensions
             .get::<RequestId>()
             .and_then(|r| r.header_value().to_str().ok())
-            .or_else(|| parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+            })
             .map(str::to_string);
         Ok(ReqId(id))
     }
@@ -46,10 +51,24 @@ const KNOWN_ERRORS: &[(&str, &str)] = &[
     ("server-misconfigured", "Service misconfigured."),
     ("service-unavailable", "Serivce unavailable."),
     ("not-implemented", "This API query is not implemented."),
-    ("server-frozen", "The server is frozen due to maintenance. Please try again later."),
+    (
+        "server-frozen",
+        "The server is frozen due to maintenance. Please try again later.",
+    ),
     ("instance-not-found", "No such instance."),
     ("session-not-found", "No such session."),
     ("scaling-group-not-found", "No such scaling group."),
+    (
+        "session-already-exists",
+        "The session already exists but you requested not to reuse existing one.",
+    ),
+    ("too-many-sessions-matched", "Too many sessions matched."),
+    ("image-not-found", "No such environment image."),
+    ("vfolder-not-found", "No such virtual folder."),
+    ("kernel-creation-failed", "Kernel creation has failed."),
+    ("kernel-destruction-failed", "Kernel destruction has failed."),
+    ("kernel-restart-failed", "Kernel restart has failed."),
+    ("kernel-execution-failed", "Kernel execution has failed."),
 ];
 
 /// Maps a worker's `Rejected` reply to an [`ApiError`].
@@ -82,8 +101,15 @@ pub async fn send(state: &AppState, req_id: &ReqId, cmd: Command) -> ApiResult<O
             error_type,
             title,
             msg,
-        }) => Err(rejected(http_status, &error_type, &title, msg)),
-        CommandOutcome::Completed(CommandReply::Failed { error }) => Err(ApiError::internal_from(error)),
+            data,
+        }) => {
+            let mut err = rejected(http_status, &error_type, &title, msg);
+            err.data = data;
+            Err(err)
+        }
+        CommandOutcome::Completed(CommandReply::Failed { error }) => {
+            Err(ApiError::internal_from(error))
+        }
         CommandOutcome::Accepted { command_id } => {
             tracing::warn!(%command_id, "no worker answered before the deadline; command stays queued");
             Ok(None)

@@ -7,6 +7,7 @@ pub mod error;
 pub mod graphql;
 pub mod params;
 pub mod routes;
+pub mod session;
 pub mod slots;
 pub mod state;
 
@@ -58,7 +59,34 @@ fn routes() -> Router<AppState> {
         .route("/config/set", post(config::set))
         .route("/config/delete", post(config::delete))
         .route("/image/import", get(image::import).post(image::import))
+        .merge(session_routes())
         .merge(graphql::graphql_routes())
+}
+
+/// `/session` (literal `/session/_/...` paths win over `{name}`) and `/stream/session`.
+fn session_routes() -> Router<AppState> {
+    use axum::extract::DefaultBodyLimit;
+    use routes::{session, stream};
+    Router::new()
+        .route("/session", post(session::create))
+        .route("/session/_/create", post(session::create))
+        .route(
+            "/session/{name}",
+            get(session::info)
+                .post(session::execute)
+                .patch(session::restart)
+                .delete(session::destroy),
+        )
+        .route("/session/{name}/interrupt", post(session::interrupt))
+        .route("/session/{name}/complete", post(session::complete))
+        .route("/session/{name}/logs", get(session::logs))
+        .route(
+            "/session/{name}/upload",
+            post(session::upload).layer(DefaultBodyLimit::max(session::UPLOAD_BODY_LIMIT)),
+        )
+        .route("/session/{name}/download", get(session::download))
+        .route("/session/{name}/files", get(session::files))
+        .route("/stream/session/{name}/execute", get(stream::execute))
 }
 
 async fn unknown_path(uri: Uri) -> ApiError {

@@ -53,8 +53,14 @@ pub fn has_body(headers: &HeaderMap) -> bool {
 }
 
 pub fn too_large() -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "generic-bad-request", "Bad request.")
-        .with_msg(format!("Request body too large (limit: {MAX_PARAMS_BODY} bytes)."))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "generic-bad-request",
+        "Bad request.",
+    )
+    .with_msg(format!(
+        "Request body too large (limit: {MAX_PARAMS_BODY} bytes)."
+    ))
 }
 
 pub fn malformed_body() -> ApiError {
@@ -75,12 +81,17 @@ pub async fn read_params(req: Request) -> ApiResult<Value> {
         }
         let bytes = read_body(body).await?;
         let media = crate::auth::hmac::media_type(
-            parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
         );
         if media == "text/yaml" {
             // The original parses YAML bodies with BaseLoader (all scalars strings); no
             // client of this API sends them, so we refuse clearly instead.
-            return Err(ApiError::invalid_api_params().with_msg("YAML request bodies are not supported"));
+            return Err(
+                ApiError::invalid_api_params().with_msg("YAML request bodies are not supported")
+            );
         }
         serde_json::from_slice::<Value>(&bytes).map_err(|_| malformed_body())?
     } else {
@@ -93,14 +104,18 @@ pub async fn read_params(req: Request) -> ApiResult<Value> {
 }
 
 async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, MAX_PARAMS_BODY).await.map_err(|e| {
-        // Chunked bodies have no declared length; the limit trips while reading.
-        if format!("{e:?}").contains("LengthLimitError") || e.to_string().contains("length limit") {
-            too_large()
-        } else {
-            malformed_body()
-        }
-    })
+    axum::body::to_bytes(body, MAX_PARAMS_BODY)
+        .await
+        .map_err(|e| {
+            // Chunked bodies have no declared length; the limit trips while reading.
+            if format!("{e:?}").contains("LengthLimitError")
+                || e.to_string().contains("length limit")
+            {
+                too_large()
+            } else {
+                malformed_body()
+            }
+        })
 }
 
 /// The query string as a map of strings (first occurrence wins).
@@ -131,7 +146,9 @@ pub fn validation_error(message: &str) -> ApiError {
     let field = message.split('`').nth(1).filter(|f| !f.is_empty());
     let data = match field {
         Some(f) if message.starts_with("missing field") => json!({ f: "is required" }),
-        Some(f) if message.starts_with("unknown field") => json!({ f: format!("{f} is not allowed key") }),
+        Some(f) if message.starts_with("unknown field") => {
+            json!({ f: format!("{f} is not allowed key") })
+        }
         Some(f) => json!({ f: message }),
         None => json!({ "error": message }),
     };
@@ -155,12 +172,18 @@ pub mod de {
             Value::Null => return Ok(false),
             Value::String(s) => s.trim().to_ascii_lowercase(),
             Value::Number(n) => n.to_string(),
-            other => return Err(D::Error::custom(format!("value can't be converted to Bool: {other}"))),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "value can't be converted to Bool: {other}"
+                )))
+            }
         };
         match text.as_str() {
             "t" | "true" | "y" | "yes" | "on" | "1" | "1.0" => Ok(true),
             "false" | "n" | "no" | "off" | "0" | "none" | "0.0" => Ok(false),
-            _ => Err(D::Error::custom(format!("value can't be converted to Bool: {text}"))),
+            _ => Err(D::Error::custom(format!(
+                "value can't be converted to Bool: {text}"
+            ))),
         }
     }
 

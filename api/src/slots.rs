@@ -1,6 +1,7 @@
-//! Resource slots as the original's `ResourceSlot` computes with them: decimal values
+//! Resource slot arithmetic for limit reports (`/resource/check-presets`): decimal values
 //! (strings on the wire, `str(Decimal)` formatting) plus `Infinity` for "unlimited" and
-//! `NaN` for "not disclosed".
+//! `NaN` for "not disclosed", which `bai_core::slots::ResourceSlot` (finite amounts, used
+//! for scheduling) deliberately does not model.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,27 +48,7 @@ impl Amount {
         if let Ok(d) = Decimal::from_str(t) {
             return Some(Amount::Num(d));
         }
-        parse_binary_size(t).map(Amount::Num)
-    }
-
-    pub fn add(self, other: Amount) -> Amount {
-        use Amount::*;
-        match (self, other) {
-            (NaN, _) | (_, NaN) | (Inf, NegInf) | (NegInf, Inf) => NaN,
-            (Inf, _) | (_, Inf) => Inf,
-            (NegInf, _) | (_, NegInf) => NegInf,
-            (Num(a), Num(b)) => a.checked_add(b).map(Num).unwrap_or(Inf),
-        }
-    }
-
-    pub fn sub(self, other: Amount) -> Amount {
-        let neg = match other {
-            Amount::Num(d) => Amount::Num(-d),
-            Amount::Inf => Amount::NegInf,
-            Amount::NegInf => Amount::Inf,
-            Amount::NaN => Amount::NaN,
-        };
-        self.add(neg)
+        bai_core::slots::parse_binary_size(t).ok().map(Amount::Num)
     }
 
     fn rank(self) -> Option<(i8, Decimal)> {
@@ -92,6 +73,41 @@ impl Amount {
     }
 }
 
+impl std::ops::Add for Amount {
+    type Output = Amount;
+
+    fn add(self, other: Amount) -> Amount {
+        use Amount::*;
+        match (self, other) {
+            (NaN, _) | (_, NaN) | (Inf, NegInf) | (NegInf, Inf) => NaN,
+            (Inf, _) | (_, Inf) => Inf,
+            (NegInf, _) | (_, NegInf) => NegInf,
+            (Num(a), Num(b)) => a.checked_add(b).map(Num).unwrap_or(Inf),
+        }
+    }
+}
+
+impl std::ops::Neg for Amount {
+    type Output = Amount;
+
+    fn neg(self) -> Amount {
+        match self {
+            Amount::Num(d) => Amount::Num(-d),
+            Amount::Inf => Amount::NegInf,
+            Amount::NegInf => Amount::Inf,
+            Amount::NaN => Amount::NaN,
+        }
+    }
+}
+
+impl std::ops::Sub for Amount {
+    type Output = Amount;
+
+    fn sub(self, other: Amount) -> Amount {
+        self + -other
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -101,25 +117,6 @@ impl fmt::Display for Amount {
             Amount::NaN => f.write_str("NaN"),
         }
     }
-}
-
-fn parse_binary_size(s: &str) -> Option<Decimal> {
-    let lower = s.to_ascii_lowercase();
-    let trimmed = lower
-        .strip_suffix("bytes")
-        .or_else(|| lower.strip_suffix("ib"))
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (num, exp) = match trimmed.chars().last()? {
-        c @ ('k' | 'm' | 'g' | 't' | 'p' | 'e') => {
-            let exp = "kmgtpe".find(c)? as u32 + 1;
-            (&trimmed[..trimmed.len() - 1], exp)
-        }
-        _ => (trimmed, 0),
-    };
-    let base = Decimal::from_str(num.trim()).ok()?;
-    let scaled = (0..exp).try_fold(base, |acc, _| acc.checked_mul(Decimal::from(1024)))?;
-    Some(scaled.trunc())
 }
 
 /// A slot map (`ResourceSlot`), ordered by slot name.
@@ -177,7 +174,7 @@ pub fn add(a: &Slots, b: &Slots) -> Slots {
     let mut out = a.clone();
     for (k, v) in b {
         let cur = out.get(k).copied().unwrap_or(Amount::ZERO);
-        out.insert(k.clone(), cur.add(*v));
+        out.insert(k.clone(), cur + *v);
     }
     out
 }
@@ -185,7 +182,7 @@ pub fn add(a: &Slots, b: &Slots) -> Slots {
 /// Keys of `a`; missing ones in `b` count as zero.
 pub fn sub(a: &Slots, b: &Slots) -> Slots {
     a.iter()
-        .map(|(k, v)| (k.clone(), v.sub(b.get(k).copied().unwrap_or(Amount::ZERO))))
+        .map(|(k, v)| (k.clone(), *v - b.get(k).copied().unwrap_or(Amount::ZERO)))
         .collect()
 }
 
@@ -220,7 +217,9 @@ mod tests {
         assert_eq!(a("4g").to_string(), "4294967296");
         assert_eq!(a("1.5GiB").to_string(), "1610612736");
         assert_eq!(a("0.3").to_string(), "0.3");
-        assert_eq!(a("Infinity").sub(a("5")).to_string(), "Infinity");
+        assert_eq!((a("Infinity") - a("5")).to_string(), "Infinity");
+        assert_eq!((a("inf") - a("inf")).to_string(), "NaN");
+        assert_eq!((a("1.5") + a("2")).to_string(), "3.5");
         assert_eq!(a("Infinity").min(a("5")).to_string(), "5");
         assert_eq!(a("NaN").to_string(), "NaN");
         assert!(a("1").lt(a("inf")));
@@ -230,16 +229,25 @@ mod tests {
 
     #[test]
     fn maps() {
-        let known: BTreeMap<String, String> =
-            [("cpu".to_string(), "count".to_string()), ("mem".into(), "bytes".into())].into();
+        let known: BTreeMap<String, String> = [
+            ("cpu".to_string(), "count".to_string()),
+            ("mem".into(), "bytes".into()),
+        ]
+        .into();
         let p = from_policy(&json!({"cpu": "4", "cuda.device": "1"}), true, &known);
         assert_eq!(to_json(&p), json!({"cpu": "4", "mem": "Infinity"}));
-        let preset = normalize(&from_json(&json!({"cpu": "1", "cuda.shares": "0.3"})), &known);
+        let preset = normalize(
+            &from_json(&json!({"cpu": "1", "cuda.shares": "0.3"})),
+            &known,
+        );
         assert_eq!(to_json(&preset), json!({"cpu": "1", "mem": "0"}));
         assert!(ge(&p, &preset));
         assert!(!ge(&preset, &p));
         let s = sub(&p, &from_json(&json!({"cpu": "1"})));
         assert_eq!(to_json(&s), json!({"cpu": "3", "mem": "Infinity"}));
-        assert_eq!(to_json(&add(&s, &from_json(&json!({"x": "1"})))), json!({"cpu": "3", "mem": "Infinity", "x": "1"}));
+        assert_eq!(
+            to_json(&add(&s, &from_json(&json!({"x": "1"})))),
+            json!({"cpu": "3", "mem": "Infinity", "x": "1"})
+        );
     }
 }

@@ -20,6 +20,10 @@ pub struct Inner {
     pub bus: Bus,
     /// Credential cache, rate limiter and the pre-auth hook (see `crate::auth`).
     pub auth: crate::auth::AuthRuntime,
+    /// Manager → agent RPC for interactions that change no state (execute, interrupt,
+    /// completions, logs, files). `None` until [`AppState::with_agent_rpc`] is called;
+    /// those endpoints then answer 503.
+    pub agent_rpc: Option<Arc<bai_agent_proto::AgentRpcClient>>,
 }
 
 impl AppState {
@@ -32,8 +36,19 @@ impl AppState {
                 redis,
                 etcd,
                 bus,
+                agent_rpc: None,
             }),
         }
+    }
+
+    /// Gives the state an agent RPC client. Call it right after [`AppState::new`], before
+    /// the state is cloned (it panics otherwise: a start-up wiring mistake).
+    pub fn with_agent_rpc(mut self, rpc: Arc<bai_agent_proto::AgentRpcClient>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.agent_rpc = Some(rpc),
+            None => panic!("AppState::with_agent_rpc must be called before the state is shared"),
+        }
+        self
     }
 }
 

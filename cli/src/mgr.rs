@@ -158,7 +158,15 @@ async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Resul
     let redis = bai_core::redis::connect(&config.redis, CONNECT_TIMEOUT).await?;
     let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
     let bus = connect_bus(&config, &format!("api:{}", config.manager.id)).await?;
-    let state = bai_api::AppState::new(config, db, redis, etcd, bus);
+    // Direct agent calls for interactions that change no state (execute, files, logs...).
+    let agent_rpc = bai_agent_proto::AgentRpcClient::connect(
+        &config.rabbitmq.url,
+        &config.rabbitmq.prefix,
+        &format!("api-rpc:{}", config.manager.id),
+        bai_agent_proto::RpcClientOptions::default(),
+    )
+    .await?;
+    let state = bai_api::AppState::new(config, db, redis, etcd, bus).with_agent_rpc(Arc::new(agent_rpc));
     let app = bai_api::Application::build(state, addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -148,52 +148,147 @@ pub struct ImageProps {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", content = "params", rename_all = "snake_case")]
 pub enum AdminOp {
-    CreateDomain { name: String, props: DomainProps },
-    ModifyDomain { name: String, props: DomainProps },
-    DeleteDomain { name: String },
-    PurgeDomain { name: String },
+    CreateDomain {
+        name: String,
+        props: DomainProps,
+    },
+    ModifyDomain {
+        name: String,
+        props: DomainProps,
+    },
+    DeleteDomain {
+        name: String,
+    },
+    PurgeDomain {
+        name: String,
+    },
 
-    CreateGroup { name: String, props: GroupProps },
-    ModifyGroup { gid: Uuid, props: GroupProps },
-    DeleteGroup { gid: Uuid },
-    PurgeGroup { gid: Uuid },
+    CreateGroup {
+        name: String,
+        props: GroupProps,
+    },
+    ModifyGroup {
+        gid: Uuid,
+        props: GroupProps,
+    },
+    DeleteGroup {
+        gid: Uuid,
+    },
+    PurgeGroup {
+        gid: Uuid,
+    },
 
-    CreateUser { email: String, props: UserProps },
-    ModifyUser { email: String, props: UserProps },
-    DeleteUser { email: String },
-    PurgeUser { email: String, purge_shared_vfolders: bool },
+    CreateUser {
+        email: String,
+        props: UserProps,
+    },
+    ModifyUser {
+        email: String,
+        props: UserProps,
+    },
+    DeleteUser {
+        email: String,
+    },
+    PurgeUser {
+        email: String,
+        purge_shared_vfolders: bool,
+    },
 
     /// `user_id` is the owner's email.
-    CreateKeypair { user_id: String, props: KeyPairProps },
-    ModifyKeypair { access_key: String, props: KeyPairProps },
-    DeleteKeypair { access_key: String },
+    CreateKeypair {
+        user_id: String,
+        props: KeyPairProps,
+    },
+    ModifyKeypair {
+        access_key: String,
+        props: KeyPairProps,
+    },
+    DeleteKeypair {
+        access_key: String,
+    },
 
-    CreateKeypairResourcePolicy { name: String, props: ResourcePolicyProps },
-    ModifyKeypairResourcePolicy { name: String, props: ResourcePolicyProps },
-    DeleteKeypairResourcePolicy { name: String },
+    CreateKeypairResourcePolicy {
+        name: String,
+        props: ResourcePolicyProps,
+    },
+    ModifyKeypairResourcePolicy {
+        name: String,
+        props: ResourcePolicyProps,
+    },
+    DeleteKeypairResourcePolicy {
+        name: String,
+    },
 
-    CreateResourcePreset { name: String, props: ResourcePresetProps },
-    ModifyResourcePreset { name: String, props: ResourcePresetProps },
-    DeleteResourcePreset { name: String },
+    CreateResourcePreset {
+        name: String,
+        props: ResourcePresetProps,
+    },
+    ModifyResourcePreset {
+        name: String,
+        props: ResourcePresetProps,
+    },
+    DeleteResourcePreset {
+        name: String,
+    },
 
-    CreateScalingGroup { name: String, props: ScalingGroupProps },
-    ModifyScalingGroup { name: String, props: ScalingGroupProps },
-    DeleteScalingGroup { name: String },
-    AssociateScalingGroupWithDomain { scaling_group: String, domain: String },
-    DisassociateScalingGroupWithDomain { scaling_group: String, domain: String },
-    DisassociateAllScalingGroupsWithDomain { domain: String },
-    AssociateScalingGroupWithUserGroup { scaling_group: String, user_group: Uuid },
-    DisassociateScalingGroupWithUserGroup { scaling_group: String, user_group: Uuid },
-    DisassociateAllScalingGroupsWithGroup { user_group: Uuid },
-    AssociateScalingGroupWithKeypair { scaling_group: String, access_key: String },
-    DisassociateScalingGroupWithKeypair { scaling_group: String, access_key: String },
+    CreateScalingGroup {
+        name: String,
+        props: ScalingGroupProps,
+    },
+    ModifyScalingGroup {
+        name: String,
+        props: ScalingGroupProps,
+    },
+    DeleteScalingGroup {
+        name: String,
+    },
+    AssociateScalingGroupWithDomain {
+        scaling_group: String,
+        domain: String,
+    },
+    DisassociateScalingGroupWithDomain {
+        scaling_group: String,
+        domain: String,
+    },
+    DisassociateAllScalingGroupsWithDomain {
+        domain: String,
+    },
+    AssociateScalingGroupWithUserGroup {
+        scaling_group: String,
+        user_group: Uuid,
+    },
+    DisassociateScalingGroupWithUserGroup {
+        scaling_group: String,
+        user_group: Uuid,
+    },
+    DisassociateAllScalingGroupsWithGroup {
+        user_group: Uuid,
+    },
+    AssociateScalingGroupWithKeypair {
+        scaling_group: String,
+        access_key: String,
+    },
+    DisassociateScalingGroupWithKeypair {
+        scaling_group: String,
+        access_key: String,
+    },
 
     /// etcd `images/_aliases/{alias}` = canonical reference of `target`.
-    AliasImage { alias: String, target: String },
-    DealiasImage { alias: String },
+    AliasImage {
+        alias: String,
+        target: String,
+    },
+    DealiasImage {
+        alias: String,
+    },
     /// `target` is a canonical reference or an alias.
-    ModifyImage { target: String, props: ImageProps },
-    ForgetImage { reference: String },
+    ModifyImage {
+        target: String,
+        props: ImageProps,
+    },
+    ForgetImage {
+        reference: String,
+    },
 }
 
 impl AdminOp {
@@ -223,18 +318,30 @@ impl AdminOp {
             AdminOp::CreateScalingGroup { .. } => "create_scaling_group",
             AdminOp::ModifyScalingGroup { .. } => "modify_scaling_group",
             AdminOp::DeleteScalingGroup { .. } => "delete_scaling_group",
-            AdminOp::AssociateScalingGroupWithDomain { .. } => "associate_scaling_group_with_domain",
-            AdminOp::DisassociateScalingGroupWithDomain { .. } => "disassociate_scaling_group_with_domain",
+            AdminOp::AssociateScalingGroupWithDomain { .. } => {
+                "associate_scaling_group_with_domain"
+            }
+            AdminOp::DisassociateScalingGroupWithDomain { .. } => {
+                "disassociate_scaling_group_with_domain"
+            }
             AdminOp::DisassociateAllScalingGroupsWithDomain { .. } => {
                 "disassociate_all_scaling_groups_with_domain"
             }
-            AdminOp::AssociateScalingGroupWithUserGroup { .. } => "associate_scaling_group_with_user_group",
+            AdminOp::AssociateScalingGroupWithUserGroup { .. } => {
+                "associate_scaling_group_with_user_group"
+            }
             AdminOp::DisassociateScalingGroupWithUserGroup { .. } => {
                 "disassociate_scaling_group_with_user_group"
             }
-            AdminOp::DisassociateAllScalingGroupsWithGroup { .. } => "disassociate_all_scaling_groups_with_group",
-            AdminOp::AssociateScalingGroupWithKeypair { .. } => "associate_scaling_group_with_keypair",
-            AdminOp::DisassociateScalingGroupWithKeypair { .. } => "disassociate_scaling_group_with_keypair",
+            AdminOp::DisassociateAllScalingGroupsWithGroup { .. } => {
+                "disassociate_all_scaling_groups_with_group"
+            }
+            AdminOp::AssociateScalingGroupWithKeypair { .. } => {
+                "associate_scaling_group_with_keypair"
+            }
+            AdminOp::DisassociateScalingGroupWithKeypair { .. } => {
+                "disassociate_scaling_group_with_keypair"
+            }
             AdminOp::AliasImage { .. } => "alias_image",
             AdminOp::DealiasImage { .. } => "dealias_image",
             AdminOp::ModifyImage { .. } => "modify_image",

@@ -20,6 +20,8 @@ pub enum Command {
         #[serde(default)]
         delay_ms: u64,
     },
+    /// No-op without any database effect: measures the bare bus round trip.
+    Noop,
     /// Ask the scheduler for a pass over one scaling group (goes through the coalescer).
     RequestSchedule { scaling_group: String },
     /// Terminate a session (idle checker, freeze with force-kill, admin tools).
@@ -34,6 +36,8 @@ pub enum Command {
     },
     /// Start the PREPARING kernels of a session on their agents (issued by the scheduler).
     StartSession { session_id: Uuid },
+    /// Restart every kernel of a RUNNING session in place (`PATCH /session/{id}`).
+    RestartSession { session_id: Uuid },
     /// An admin mutation from GraphQL (domains, groups, users, keypairs, policies, presets,
     /// scaling groups, images); see [`crate::admin`].
     /// Boxed: the largest variant by far, kept off the size of every other command.
@@ -52,11 +56,13 @@ impl Kind for Command {
     fn kind(&self) -> &'static str {
         match self {
             Command::Echo { .. } => "echo",
+            Command::Noop => "noop",
             Command::RequestSchedule { .. } => "request_schedule",
             Command::TerminateSession { .. } => "terminate_session",
             Command::CreateSession(_) => "create_session",
             Command::DestroySession { .. } => "destroy_session",
             Command::StartSession { .. } => "start_session",
+            Command::RestartSession { .. } => "restart_session",
             Command::Admin(_) => "admin",
             Command::SetManagerStatus { .. } => "set_manager_status",
             Command::SetAnnouncement { .. } => "set_announcement",

@@ -40,8 +40,36 @@ pub struct TestApp {
     pub db: TestDb,
     pub bus: TestBus,
     pub etcd: TestEtcd,
+    /// The agent side when spawned with [`Extras::agents`]: a private RabbitMQ prefix
+    /// (register agent ids with `track_agent` so their queues are deleted on drop).
+    pub rabbit: Option<crate::TestRabbit>,
+    /// The worker's context (its agent RPC client, bus, stores).
+    pub worker_ctx: Arc<WorkerContext>,
+    /// The agent ingest of the worker, when spawned with [`Extras::agents`].
+    pub agents_runtime: Option<Arc<bai_workers::agents::AgentsRuntime>>,
     shutdown: CancellationToken,
     redis_keys: Mutex<Vec<String>>,
+}
+
+/// Optional parts of the in-process manager.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Agents: a private RabbitMQ prefix; the API and the worker get agent RPC clients and
+    /// the worker runs the agent-event ingest and the liveness monitor (Redis keys under
+    /// `{prefix}:`).
+    pub agents: bool,
+    /// The scheduler: the trigger loop and a fast safety tick.
+    pub scheduler: bool,
+}
+
+impl Extras {
+    /// Agents and the scheduler: a whole manager.
+    pub fn full() -> Self {
+        Self {
+            agents: true,
+            scheduler: true,
+        }
+    }
 }
 
 impl TestApp {
@@ -51,11 +79,17 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with a chance to adjust the configuration first.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_with_extras(adjust, Extras::default()).await
+    }
+
+    /// Like [`TestApp::spawn_with`], plus the optional parts in `extras`.
+    pub async fn spawn_with_extras(adjust: impl FnOnce(&mut Config), extras: Extras) -> Self {
         let db = TestDb::new().await;
         let bus = TestBus::new(Default::default()).await;
         let etcd = TestEtcd::new().await;
         let fixture: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(workspace_root().join("ops/fixtures/example.json")).expect("example fixture"),
+            &std::fs::read(workspace_root().join("ops/fixtures/example.json"))
+                .expect("example fixture"),
         )
         .expect("fixture JSON");
         etcd.etcd
@@ -74,8 +108,45 @@ impl TestApp {
         config.manager.command_timeout_ms = 10_000;
         adjust(&mut config);
 
-        let redis = bai_core::redis::connect(&config.redis, TIMEOUT).await.expect("connect Redis");
-        let state = AppState::new(config.clone(), db.db.clone(), redis.clone(), etcd.etcd.clone(), bus.bus.clone());
+        let rabbit = extras.agents.then(crate::TestRabbit::new);
+        if let Some(r) = &rabbit {
+            config.rabbitmq.url = r.url.clone();
+            config.rabbitmq.prefix = r.prefix.clone();
+        }
+        let rpc_client = |name: &'static str| {
+            let config = config.clone();
+            async move {
+                Arc::new(
+                    bai_agent_proto::AgentRpcClient::connect(
+                        &config.rabbitmq.url,
+                        &config.rabbitmq.prefix,
+                        name,
+                        bai_agent_proto::RpcClientOptions::default(),
+                    )
+                    .await
+                    .expect("agent RPC client"),
+                )
+            }
+        };
+        let (api_rpc, worker_rpc) = if extras.agents {
+            (Some(rpc_client("test-api-rpc").await), Some(rpc_client("test-worker-rpc").await))
+        } else {
+            (None, None)
+        };
+
+        let redis = bai_core::redis::connect(&config.redis, TIMEOUT)
+            .await
+            .expect("connect Redis");
+        let mut state = AppState::new(
+            config.clone(),
+            db.db.clone(),
+            redis.clone(),
+            etcd.etcd.clone(),
+            bus.bus.clone(),
+        );
+        if let Some(rpc) = api_rpc {
+            state = state.with_agent_rpc(rpc);
+        }
         let app = Application::build(state.clone(), "127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("bind API");
@@ -85,6 +156,7 @@ impl TestApp {
 
         let worker_metrics = Arc::new(WorkerMetrics::default());
         let ctx = Arc::new(WorkerContext {
+            agent_rpc: worker_rpc,
             db: db.db.clone(),
             bus: bus.peer("worker").await,
             etcd: Some(etcd.etcd.clone()),
@@ -95,7 +167,57 @@ impl TestApp {
             concurrency: 8,
             shutdown_grace: Duration::from_secs(2),
         };
-        tokio::spawn(bai_workers::run_command_loop(ctx, opts, shutdown.clone()));
+        tokio::spawn(bai_workers::run_command_loop(ctx.clone(), opts, shutdown.clone()));
+
+        let mut agents_runtime = None;
+        let mut extra_keys = Vec::new();
+        if let Some(r) = &rabbit {
+            let mut opts = bai_workers::agents::AgentIngestOptions::from_config(&config);
+            opts.redis_prefix = format!("{}:", r.prefix);
+            opts.heartbeat_timeout = Duration::from_secs(5);
+            opts.liveness_period = Duration::from_millis(500);
+            let rt = bai_workers::agents::AgentsRuntime::new(ctx.clone(), opts).expect("agents runtime");
+            extra_keys.push(rt.keys.last_seen());
+            extra_keys.push(rt.keys.liveness_lock());
+            tokio::spawn(bai_workers::agents::run(rt.clone(), shutdown.clone()));
+            // Agents may publish as soon as they start: wait for the ingest's queues.
+            let conn = r.connect().await;
+            let names = r.names();
+            crate::eventually(TIMEOUT, || async {
+                bai_agent_proto::amqp::queue_counts(&conn, &names.lifecycle_queue())
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|(_, consumers)| *consumers > 0)
+            })
+            .await
+            .expect("agent ingest consumer up");
+            let _ = conn.close(200, "bye").await;
+            agents_runtime = Some(rt);
+        }
+        if extras.scheduler {
+            tokio::spawn(bai_workers::run_trigger_loop(
+                ctx.bus.clone(),
+                Arc::new(bai_workers::sessions::SessionScheduler::new(ctx.clone())),
+                4,
+                worker_metrics.clone(),
+                shutdown.clone(),
+            ));
+            let tick_db = db.db.clone();
+            tokio::spawn(bai_workers::run_tick_loop(
+                ctx.bus.clone(),
+                Duration::from_millis(500),
+                move || {
+                    let db = tick_db.clone();
+                    Box::pin(async move {
+                        Ok(sqlx::query_scalar("SELECT name FROM scaling_groups WHERE is_active")
+                            .fetch_all(db.pool())
+                            .await?)
+                    })
+                },
+                shutdown.clone(),
+            ));
+        }
 
         Self {
             addr,
@@ -107,8 +229,11 @@ impl TestApp {
             db,
             bus,
             etcd,
+            rabbit,
+            worker_ctx: ctx,
+            agents_runtime,
             shutdown,
-            redis_keys: Mutex::new(Vec::new()),
+            redis_keys: Mutex::new(extra_keys),
         }
     }
 
@@ -121,7 +246,13 @@ impl TestApp {
 
     /// Inserts a fresh keypair for the fixture user `email` (test setup writes the database
     /// directly; the API under test never does).
-    pub async fn keypair(&self, email: &str, is_admin: bool, rate_limit: i32, is_active: bool) -> (String, String) {
+    pub async fn keypair(
+        &self,
+        email: &str,
+        is_admin: bool,
+        rate_limit: i32,
+        is_active: bool,
+    ) -> (String, String) {
         let (ak, sk) = bai_core::keypair::generate_keypair();
         sqlx::query(
             "INSERT INTO keypairs (user_id, access_key, secret_key, is_active, is_admin, rate_limit, \
@@ -170,7 +301,9 @@ impl TestApp {
 
     /// Commands the in-process worker has handled so far.
     pub fn handled_commands(&self) -> u64 {
-        self.worker_metrics.handled.load(std::sync::atomic::Ordering::Relaxed)
+        self.worker_metrics
+            .handled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads an integer Redis key (0 when absent).
@@ -197,22 +330,36 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let keys = self.redis_keys.lock().map(|k| k.clone()).unwrap_or_default();
+        let keys = self
+            .redis_keys
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
         if keys.is_empty() {
             return;
         }
         let pool = self.redis.clone();
         // Drop runs inside the test's runtime; do the async cleanup on a helper thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 let cfg = crate::base_config();
                 // A fresh connection: the pool's connections belong to the test's runtime.
-                let Ok(client) = redis::Client::open(cfg.redis.url()) else { return };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-                let _ = redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn).await;
+                let Ok(client) = redis::Client::open(cfg.redis.url()) else {
+                    return;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return;
+                };
+                let _ = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<i64>(&mut conn)
+                    .await;
                 drop(pool);
             });
         })

@@ -94,7 +94,13 @@ impl SignedClient {
     }
 
     /// The headers of a signed request, as the client sends them (wire order aside).
-    pub fn signed_headers(&self, method: &Method, path_and_query: &str, content_type: &str, date: &str) -> HeaderMap {
+    pub fn signed_headers(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        content_type: &str,
+        date: &str,
+    ) -> HeaderMap {
         let key_date = chrono::DateTime::parse_from_rfc3339(date)
             .map(|d| d.format("%Y%m%d").to_string())
             .unwrap_or_default();
@@ -117,19 +123,36 @@ impl SignedClient {
         put("date", date.to_string());
         put(
             "authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={}:{sig}", self.access_key),
+            format!(
+                "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
+                self.access_key
+            ),
         );
         h
     }
 
     /// A signed request. With a body it is sent as `application/json`; without one the
     /// client sends (and signs) `Content-Type: text/plain` with an empty body.
-    pub fn request(&self, method: Method, path_and_query: &str, body: Option<&Value>) -> RequestBuilder {
+    pub fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> RequestBuilder {
         let url = format!("{}{}", self.base, path_and_query);
-        let content_type = if body.is_some() { "application/json" } else { "text/plain" };
+        let content_type = if body.is_some() {
+            "application/json"
+        } else {
+            "text/plain"
+        };
         let mut rb = self.http.request(method.clone(), url);
         if !self.access_key.is_empty() {
-            rb = rb.headers(self.signed_headers(&method, path_and_query, content_type, &client_date()));
+            rb = rb.headers(self.signed_headers(
+                &method,
+                path_and_query,
+                content_type,
+                &client_date(),
+            ));
         } else {
             rb = rb.header("x-backendai-version", &self.version);
         }
@@ -140,12 +163,22 @@ impl SignedClient {
         }
     }
 
-    pub async fn send(&self, method: Method, path_and_query: &str, body: Option<&Value>) -> reqwest::Result<Response> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Result<Response> {
         self.request(method, path_and_query, body).send().await
     }
 
     /// Sends and decodes the body as JSON (`Value::Null` for an empty body).
-    pub async fn json(&self, method: Method, path_and_query: &str, body: Option<&Value>) -> reqwest::Result<(StatusCode, Value)> {
+    pub async fn json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Result<(StatusCode, Value)> {
         let resp = self.send(method, path_and_query, body).await?;
         Ok(read_json(resp).await)
     }

@@ -290,3 +290,64 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A private namespace on RabbitMQ for agent tests: a unique prefix for every queue and
+/// exchange of the agent protocol, all deleted on drop (register the agent ids whose RPC
+/// queues must go too with [`TestRabbit::track_agent`]).
+pub struct TestRabbit {
+    pub url: String,
+    pub prefix: String,
+    agents: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestRabbit {
+    pub fn new() -> Self {
+        Self {
+            url: base_config().rabbitmq.url,
+            prefix: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]),
+            agents: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn names(&self) -> bai_agent_proto::Names {
+        bai_agent_proto::Names::new(&self.prefix)
+    }
+
+    pub fn track_agent(&self, agent_id: &str) {
+        if let Ok(mut a) = self.agents.lock() {
+            a.push(agent_id.to_string());
+        }
+    }
+
+    pub async fn connect(&self) -> std::sync::Arc<lapin::Connection> {
+        bai_agent_proto::amqp::connect(&self.url, "test", TIMEOUT)
+            .await
+            .expect("connect RabbitMQ")
+    }
+}
+
+impl Default for TestRabbit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestRabbit {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let names = self.names();
+        let agents = self.agents.lock().map(|a| a.clone()).unwrap_or_default();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(conn) = bai_agent_proto::amqp::connect(&url, "test-cleanup", Duration::from_secs(5)).await {
+                    let _ = bai_agent_proto::amqp::delete_topology(&conn, &names, &agents).await;
+                    let _ = conn.close(200, "bye").await;
+                }
+            });
+        })
+        .join();
+    }
+}

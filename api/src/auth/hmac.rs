@@ -187,8 +187,17 @@ pub fn string_to_sign(input: &SigningInput<'_>, hash: HashType) -> String {
 ///
 /// `key_date` is the calendar date of the parsed date header *in the header's own
 /// timezone* (the original calls `strftime` on the parsed, tz-aware datetime).
-pub fn sign(hash: HashType, secret_key: &str, key_date: NaiveDate, host: &str, sts: &str) -> String {
-    let k1 = hash.hmac(secret_key.as_bytes(), key_date.format("%Y%m%d").to_string().as_bytes());
+pub fn sign(
+    hash: HashType,
+    secret_key: &str,
+    key_date: NaiveDate,
+    host: &str,
+    sts: &str,
+) -> String {
+    let k1 = hash.hmac(
+        secret_key.as_bytes(),
+        key_date.format("%Y%m%d").to_string().as_bytes(),
+    );
     let k2 = hash.hmac(&k1, host.as_bytes());
     data_encoding::HEXLOWER.encode(&hash.hmac(&k2, sts.as_bytes()))
 }
@@ -241,7 +250,13 @@ pub fn verify(
             host,
             ..input.clone()
         };
-        let expected = sign(hash, secret_key, key_date, host, &string_to_sign(&input, hash));
+        let expected = sign(
+            hash,
+            secret_key,
+            key_date,
+            host,
+            &string_to_sign(&input, hash),
+        );
         constant_time_eq(expected.as_bytes(), signature.as_bytes())
     })
 }
@@ -370,7 +385,10 @@ mod tests {
             input.host,
             &string_to_sign(&input, HashType::Sha256),
         );
-        assert_eq!(sig, "99f1fe723475b1e8b9c82142a93c9c67132737f80a0e43e6e7741fbd389fb15d");
+        assert_eq!(
+            sig,
+            "99f1fe723475b1e8b9c82142a93c9c67132737f80a0e43e6e7741fbd389fb15d"
+        );
     }
 
     #[test]
@@ -384,7 +402,11 @@ mod tests {
             "Mon, 07 Jun 2021 01:23:45 GMT",
         ] {
             let d = parse_date(s).unwrap_or_else(|| panic!("{s}"));
-            assert_eq!(d.with_timezone(&Utc).format("%Y%m%d%H%M").to_string(), "202106070123", "{s}");
+            assert_eq!(
+                d.with_timezone(&Utc).format("%Y%m%d%H%M").to_string(),
+                "202106070123",
+                "{s}"
+            );
         }
         assert!(parse_date("yesterday").is_none());
         assert!(parse_date("").is_none());
@@ -407,12 +429,19 @@ mod tests {
 
     #[test]
     fn authorization_header() {
-        let p = parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AK:ab:cd").unwrap();
+        let p =
+            parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AK:ab:cd").unwrap();
         assert_eq!(p.sign_method, "HMAC-SHA256");
         assert_eq!(p.access_key, "AK");
         assert_eq!(p.signature, "ab:cd");
         assert!(parse_authorization("Sorna SIGNMETHOD=x,CREDENTIAL=a:b").is_ok());
-        for bad in ["BackendAI", "Bearer x=y", "BackendAI signMethod", "BackendAI credential=a:b", "BackendAI signMethod=x, credential=nocolon"] {
+        for bad in [
+            "BackendAI",
+            "Bearer x=y",
+            "BackendAI signMethod",
+            "BackendAI credential=a:b",
+            "BackendAI signMethod=x, credential=nocolon",
+        ] {
             let e = parse_authorization(bad).unwrap_err();
             assert_eq!(e.slug, "invalid-auth-params", "{bad}");
         }
@@ -422,21 +451,39 @@ mod tests {
     fn sign_methods() {
         assert_eq!(parse_sign_method("HMAC-SHA256").unwrap(), HashType::Sha256);
         assert_eq!(parse_sign_method("hmac-sha512").unwrap(), HashType::Sha512);
-        assert_eq!(parse_sign_method("HMAC-SHA-256").unwrap_err().slug, "auth-failed");
-        assert_eq!(parse_sign_method("HMACSHA256").unwrap_err().slug, "auth-failed");
-        assert_eq!(parse_sign_method("CMAC-SHA256").unwrap_err().slug, "invalid-auth-params");
-        assert_eq!(parse_sign_method("HMAC-WHIRLPOOL").unwrap_err().slug, "invalid-auth-params");
+        assert_eq!(
+            parse_sign_method("HMAC-SHA-256").unwrap_err().slug,
+            "auth-failed"
+        );
+        assert_eq!(
+            parse_sign_method("HMACSHA256").unwrap_err().slug,
+            "auth-failed"
+        );
+        assert_eq!(
+            parse_sign_method("CMAC-SHA256").unwrap_err().slug,
+            "invalid-auth-params"
+        );
+        assert_eq!(
+            parse_sign_method("HMAC-WHIRLPOOL").unwrap_err().slug,
+            "invalid-auth-params"
+        );
     }
 
     #[test]
     fn media_types_and_hosts() {
-        assert_eq!(media_type(Some("multipart/form-data; boundary=abc")), "multipart/form-data");
+        assert_eq!(
+            media_type(Some("multipart/form-data; boundary=abc")),
+            "multipart/form-data"
+        );
         assert_eq!(media_type(Some("Application/JSON")), "application/json");
         assert_eq!(media_type(None), "application/octet-stream");
         assert_eq!(host_candidates("h"), vec!["h", "h:80", "h:443"]);
         assert_eq!(host_candidates("h:80"), vec!["h:80", "h"]);
         assert_eq!(host_candidates("h:8081"), vec!["h:8081"]);
-        assert_eq!(host_candidates("[::1]"), vec!["[::1]", "[::1]:80", "[::1]:443"]);
+        assert_eq!(
+            host_candidates("[::1]"),
+            vec!["[::1]", "[::1]:80", "[::1]:443"]
+        );
         assert_eq!(host_candidates("[::1]:443"), vec!["[::1]:443", "[::1]"]);
     }
 }

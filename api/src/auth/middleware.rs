@@ -53,9 +53,14 @@ impl Default for ApiVersion {
 pub fn is_anonymous(method: &Method, path: &str) -> bool {
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
-        "/" | "/manager/status" | "/manager/announcement" | "/config/resource-slots"
+        "/"
+        | "/manager/status"
+        | "/manager/announcement"
+        | "/config/resource-slots"
         | "/config/vfolder-types" => read,
-        "/auth/authorize" | "/auth/signup" | "/server/login" | "/server/logout" => *method == Method::POST,
+        "/auth/authorize" | "/auth/signup" | "/server/login" | "/server/logout" => {
+            *method == Method::POST
+        }
         _ => false,
     }
 }
@@ -77,7 +82,11 @@ pub async fn api_version(mut req: Request, next: Next) -> Response {
                 date: date.to_string(),
             }
         }
-        Some(_) => return ApiError::bad_request().with_msg("Unsupported API version.").into_response(),
+        Some(_) => {
+            return ApiError::bad_request()
+                .with_msg("Unsupported API version.")
+                .into_response()
+        }
     };
     req.extensions_mut().insert(version);
     next.run(req).await
@@ -101,7 +110,8 @@ pub async fn method_override(mut req: Request, next: Next) -> Response {
 /// Authentication and rate limiting for every matched route that is not anonymous.
 ///
 /// Installed with `Router::route_layer`, so unknown paths get their 404 without an auth
-/// check, as in the original.
+/// check, as in the original. One difference remains: the layer also wraps a path's 405
+/// fallback, so an *unsigned* request with an unsupported method gets 401, not 405.
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let anonymous = req
         .extensions()
@@ -119,7 +129,12 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
     };
     let mut req = Request::from_parts(parts, body);
     let limit = i64::from(user.rate_limit);
-    let status = match state.auth.rate_limiter.hit(&state.redis, &user.access_key, limit).await {
+    let status = match state
+        .auth
+        .rate_limiter
+        .hit(&state.redis, &user.access_key, limit)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             // Fail open: the limiter protects the service, it is not an access control, and
@@ -195,7 +210,8 @@ pub async fn verify_request(state: &AppState, req: &Parts) -> ApiResult<AuthUser
         None => match header_str(headers, "x-sorna-version") {
             Some(v) => ("x-sorna-version", v),
             None => {
-                return Err(ApiError::invalid_auth_params().with_msg("API version missing in request headers"))
+                return Err(ApiError::invalid_auth_params()
+                    .with_msg("API version missing in request headers"))
             }
         },
     };
@@ -220,7 +236,13 @@ pub async fn verify_request(state: &AppState, req: &Parts) -> ApiResult<AuthUser
         version_label,
         version,
     };
-    if !hmac::verify(hash, &user.secret_key, hmac::key_date(&date), &input, &params.signature) {
+    if !hmac::verify(
+        hash,
+        &user.secret_key,
+        hmac::key_date(&date),
+        &input,
+        &params.signature,
+    ) {
         return Err(ApiError::auth_failed().with_msg("Signature mismatch"));
     }
     Ok((*user).clone())
@@ -260,7 +282,9 @@ pub async fn problem_json_errors(req: Request, next: Next) -> Response {
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
     let err = match status {
-        StatusCode::NOT_FOUND => ApiError::not_found().with_msg(format!("Unknown URL path: {path}")),
+        StatusCode::NOT_FOUND => {
+            ApiError::not_found().with_msg(format!("Unknown URL path: {path}"))
+        }
         StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
         StatusCode::PAYLOAD_TOO_LARGE => crate::params::too_large(),
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid_api_params()

@@ -161,16 +161,31 @@ impl AuthRuntime {
     }
 }
 
+/// One row of the credential lookup.
+#[derive(sqlx::FromRow)]
+struct KeypairRow {
+    access_key: String,
+    secret_key: String,
+    is_admin: bool,
+    rate_limit: i32,
+    resource_policy: String,
+    uuid: Uuid,
+    email: String,
+    role: String,
+    domain_name: String,
+}
+
 /// Loads the **active** keypair `access_key` of an **active** user, through the cache.
 pub async fn load_keypair(state: &AppState, access_key: &str) -> ApiResult<Option<Arc<AuthUser>>> {
     if let Some(hit) = state.auth.keypairs.get(&access_key.to_string()) {
         return Ok(hit);
     }
     let mut txn = state.db.begin_readonly().await?;
-    let row: Option<(String, String, bool, i32, String, Uuid, String, String, String)> = sqlx::query_as(
-        "SELECT k.access_key, COALESCE(k.secret_key, ''), COALESCE(k.is_admin, false), \
-                COALESCE(k.rate_limit, 1000), k.resource_policy, \
-                u.uuid, u.email, COALESCE(u.role, 'user')::text, COALESCE(u.domain_name, '') \
+    let row: Option<KeypairRow> = sqlx::query_as(
+        "SELECT k.access_key, COALESCE(k.secret_key, '') AS secret_key, \
+                COALESCE(k.is_admin, false) AS is_admin, COALESCE(k.rate_limit, 1000) AS rate_limit, \
+                k.resource_policy, u.uuid, u.email, COALESCE(u.role, 'user')::text AS role, \
+                COALESCE(u.domain_name, '') AS domain_name \
          FROM keypairs k JOIN users u ON k.\"user\" = u.uuid \
          WHERE k.access_key = $1 AND k.is_active AND u.status = 'active'",
     )
@@ -178,21 +193,43 @@ pub async fn load_keypair(state: &AppState, access_key: &str) -> ApiResult<Optio
     .fetch_optional(&mut *txn)
     .await?;
     txn.commit().await?;
-    let user = row.map(|(ak, sk, is_admin, rate_limit, policy, uuid, email, role, domain)| {
+    let user = row.map(|r| {
         Arc::new(AuthUser {
-            access_key: ak,
-            secret_key: sk,
-            is_admin,
-            rate_limit,
-            resource_policy: policy,
-            user_uuid: uuid,
-            email,
-            role: UserRole::parse(&role).unwrap_or(UserRole::User),
-            domain_name: domain,
+            access_key: r.access_key,
+            secret_key: r.secret_key,
+            is_admin: r.is_admin,
+            rate_limit: r.rate_limit,
+            resource_policy: r.resource_policy,
+            user_uuid: r.uuid,
+            email: r.email,
+            role: UserRole::parse(&r.role).unwrap_or(UserRole::User),
+            domain_name: r.domain_name,
         })
     });
-    state.auth.keypairs.insert(access_key.to_string(), user.clone());
+    state
+        .auth
+        .keypairs
+        .insert(access_key.to_string(), user.clone());
     Ok(user)
+}
+
+/// Verifies a password against a stored bcrypt hash, off the async workers (cost 12 takes a
+/// few hundred ms of CPU). Without a stored hash (unknown user) it spends the same time on a
+/// dummy hash, so response times do not tell which accounts exist.
+pub async fn check_password(plain: String, hash: Option<String>) -> ApiResult<bool> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(move || match hash {
+        Some(h) => bai_core::keypair::verify_password(&plain, &h),
+        None => {
+            let dummy = DUMMY.get_or_init(|| {
+                bai_core::keypair::hash_password("not anyone's password").unwrap_or_default()
+            });
+            let _ = bai_core::keypair::verify_password(&plain, dummy);
+            false
+        }
+    })
+    .await
+    .map_err(ApiError::internal_from)
 }
 
 /// The keypair a request acts as (§1.6): the requester's own, or `?owner_access_key=`'s.
@@ -218,7 +255,11 @@ pub fn owner_access_key_param(uri: &Uri) -> Option<String> {
 /// Resolves on whose behalf a request acts (§1.6). Acting for another key needs a
 /// superadmin, or a domain admin of the owner's domain when the owner is not a superadmin
 /// (else 403 `generic-forbidden`); an unknown or inactive owner key is 400.
-pub async fn resolve_owner(state: &AppState, requester: &AuthUser, owner_access_key: Option<&str>) -> ApiResult<Owner> {
+pub async fn resolve_owner(
+    state: &AppState,
+    requester: &AuthUser,
+    owner_access_key: Option<&str>,
+) -> ApiResult<Owner> {
     let own = Owner {
         access_key: requester.access_key.clone(),
         user_uuid: requester.user_uuid,
@@ -233,7 +274,9 @@ pub async fn resolve_owner(state: &AppState, requester: &AuthUser, owner_access_
         .ok_or_else(|| ApiError::invalid_api_params().with_msg("Unknown owner access key"))?;
     let allowed = match requester.role {
         UserRole::Superadmin => true,
-        UserRole::Admin => owner.domain_name == requester.domain_name && owner.role != UserRole::Superadmin,
+        UserRole::Admin => {
+            owner.domain_name == requester.domain_name && owner.role != UserRole::Superadmin
+        }
         _ => false,
     };
     if !allowed {

@@ -9,6 +9,9 @@
 //! sessions: `POST /server/login {"username","password"}` checks the bcrypt password and
 //! sets a cookie signed with a key derived from `manager.secret`; requests carrying the
 //! cookie act as the user's main active keypair; `POST /server/logout` revokes it.
+//!
+//! The date check still comes first, as in the original (the hook runs after it), so cookie
+//! clients send `X-BackendAI-Date` (browsers may not set `Date` themselves).
 
 use std::any::Any;
 use std::time::Duration;
@@ -98,7 +101,11 @@ impl CookieSso {
 
     /// A fresh session cookie value for `user`, valid for [`SESSION_TTL`] from `now`.
     pub fn issue(&self, user: Uuid, now: i64) -> (String, SessionClaims) {
-        let sid = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let sid = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let expires = now + SESSION_TTL.as_secs() as i64;
         let payload = format!("{COOKIE_VERSION}.{sid}.{}.{expires}", user.simple());
         let value = format!("{payload}.{}", self.mac(&payload));
@@ -112,9 +119,13 @@ impl CookieSso {
             return None;
         }
         let mut parts = payload.split('.');
-        let (Some(COOKIE_VERSION), Some(sid), Some(user), Some(expires), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(COOKIE_VERSION), Some(sid), Some(user), Some(expires), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return None;
         };
         let expires: i64 = expires.parse().ok()?;
@@ -234,7 +245,10 @@ fn credential_mismatch() -> ApiError {
 }
 
 /// `POST /server/login` (anonymous; only with the cookie-sso hook).
-pub async fn login(State(state): State<AppState>, Params(body): Params<LoginBody>) -> ApiResult<Response> {
+pub async fn login(
+    State(state): State<AppState>,
+    Params(body): Params<LoginBody>,
+) -> ApiResult<Response> {
     let Some(sso) = state.auth.cookie_sso() else {
         return Err(ApiError::not_found().with_msg("Unknown URL path: /server/login"));
     };
@@ -248,17 +262,13 @@ pub async fn login(State(state): State<AppState>, Params(body): Params<LoginBody
     .fetch_optional(&mut *txn)
     .await?;
     txn.commit().await?;
-    let Some((user, Some(hash), status, role, email)) = row else {
-        return Err(credential_mismatch());
-    };
-    // bcrypt at cost 12 takes a few hundred ms of CPU: keep it off the async workers.
-    let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || bai_core::keypair::verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal_from)?;
-    if !ok {
+    let hash = row.as_ref().and_then(|r| r.1.clone());
+    if !super::check_password(body.password, hash).await? {
         return Err(credential_mismatch());
     }
+    let Some((user, _, status, role, email)) = row else {
+        return Err(credential_mismatch());
+    };
     if status != "active" {
         return Err(ApiError::auth_failed().with_msg("Inactive user"));
     }
@@ -321,7 +331,11 @@ mod tests {
         assert_eq!(claims.user, user);
         // Expired, tampered, or signed with another secret: rejected.
         assert_eq!(sso.verify(&value, claims.expires), None);
-        let tampered = value.replacen(&user.simple().to_string(), &Uuid::new_v4().simple().to_string(), 1);
+        let tampered = value.replacen(
+            &user.simple().to_string(),
+            &Uuid::new_v4().simple().to_string(),
+            1,
+        );
         assert_eq!(sso.verify(&tampered, 1001), None);
         assert_eq!(CookieSso::new(Some("other")).verify(&value, 1001), None);
         assert_eq!(sso.verify("garbage", 1001), None);

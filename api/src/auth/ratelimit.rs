@@ -86,10 +86,19 @@ impl Default for RateLimiter {
 
 impl RateLimiter {
     /// Records one request of `access_key` and tells whether it is within `limit`.
-    pub async fn hit(&self, pool: &RedisPool, access_key: &str, limit: i64) -> anyhow::Result<RateLimitStatus> {
+    pub async fn hit(
+        &self,
+        pool: &RedisPool,
+        access_key: &str,
+        limit: i64,
+    ) -> anyhow::Result<RateLimitStatus> {
         let mut conn = pool.get().await?;
         // Members must be unique per request; the score carries the time.
-        let member = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let member = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let count: i64 = self
             .script
             .key(window_key(access_key))

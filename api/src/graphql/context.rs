@@ -85,7 +85,9 @@ impl ReqCtx {
         if self.is_superadmin() {
             Ok(())
         } else {
-            Err(gql_err(ApiError::forbidden().with_msg("superadmin privilege required")))
+            Err(gql_err(
+                ApiError::forbidden().with_msg("superadmin privilege required"),
+            ))
         }
     }
 }
@@ -157,19 +159,33 @@ pub fn scoped(
     match ctx.user.role {
         UserRole::Superadmin => Ok(Scope {
             domain_name,
-            user_key: if autofill_user { user_key.or(Some(me)) } else { user_key },
+            user_key: if autofill_user {
+                user_key.or(Some(me))
+            } else {
+                user_key
+            },
         }),
         UserRole::Admin => {
-            if domain_name.as_ref().is_some_and(|d| d != &ctx.user.domain_name) {
+            if domain_name
+                .as_ref()
+                .is_some_and(|d| d != &ctx.user.domain_name)
+            {
                 return Err(forbidden());
             }
             Ok(Scope {
                 domain_name: Some(ctx.user.domain_name.clone()),
-                user_key: if autofill_user { user_key.or(Some(me)) } else { user_key },
+                user_key: if autofill_user {
+                    user_key.or(Some(me))
+                } else {
+                    user_key
+                },
             })
         }
         UserRole::User => {
-            if domain_name.as_ref().is_some_and(|d| d != &ctx.user.domain_name) {
+            if domain_name
+                .as_ref()
+                .is_some_and(|d| d != &ctx.user.domain_name)
+            {
                 return Err(forbidden());
             }
             if user_key.as_deref().is_some_and(|u| !same_user(u)) {

@@ -102,7 +102,8 @@ impl ImageCatalog {
             let parts: Vec<&str> = key.split('/').collect();
             if parts.first() == Some(&"_aliases") {
                 if parts.len() >= 2 {
-                    cat.aliases.insert(unquote(&parts[1..].join("/")), value.clone());
+                    cat.aliases
+                        .insert(unquote(&parts[1..].join("/")), value.clone());
                 }
                 continue;
             }
@@ -146,7 +147,11 @@ impl ImageCatalog {
         }
         // Images whose tag key carries no digest are only markers of partially written
         // entries; keep them anyway (the original lists whatever is under the key).
-        let aliases: Vec<(String, String)> = cat.aliases.iter().map(|(a, t)| (a.clone(), t.clone())).collect();
+        let aliases: Vec<(String, String)> = cat
+            .aliases
+            .iter()
+            .map(|(a, t)| (a.clone(), t.clone()))
+            .collect();
         for (alias, target) in aliases {
             if let Some(img) = cat.images.get_mut(&target) {
                 img.aliases.push(alias);
@@ -175,13 +180,28 @@ mod tests {
     #[test]
     fn catalogue() {
         let mut kvs = BTreeMap::new();
-        kvs.insert("_aliases/python".to_string(), "cr.backend.ai/stable/python:3.9".to_string());
+        kvs.insert(
+            "_aliases/python".to_string(),
+            "cr.backend.ai/stable/python:3.9".to_string(),
+        );
         kvs.insert("cr.backend.ai".to_string(), "1".to_string());
         kvs.insert("cr.backend.ai/stable%2Fpython".to_string(), "1".to_string());
-        kvs.insert("cr.backend.ai/stable%2Fpython/3.9".to_string(), "sha256:x".to_string());
-        kvs.insert("cr.backend.ai/stable%2Fpython/3.9/size_bytes".to_string(), "551190528".to_string());
-        kvs.insert("cr.backend.ai/stable%2Fpython/3.9/labels/ai.backend.kernelspec".to_string(), "1".to_string());
-        kvs.insert("cr.backend.ai/stable%2Fpython/3.9/resource/mem/min".to_string(), "256m".to_string());
+        kvs.insert(
+            "cr.backend.ai/stable%2Fpython/3.9".to_string(),
+            "sha256:x".to_string(),
+        );
+        kvs.insert(
+            "cr.backend.ai/stable%2Fpython/3.9/size_bytes".to_string(),
+            "551190528".to_string(),
+        );
+        kvs.insert(
+            "cr.backend.ai/stable%2Fpython/3.9/labels/ai.backend.kernelspec".to_string(),
+            "1".to_string(),
+        );
+        kvs.insert(
+            "cr.backend.ai/stable%2Fpython/3.9/resource/mem/min".to_string(),
+            "256m".to_string(),
+        );
         let cat = ImageCatalog::from_kvs(&kvs);
         assert_eq!(cat.images.len(), 1);
         let img = cat.resolve("python").unwrap();
@@ -195,7 +215,11 @@ mod tests {
         assert_eq!(unquote("stable%2Fpython"), "stable/python");
         assert_eq!(
             parse_reference("python:3.9"),
-            ("index.docker.io".into(), "library/python".into(), "3.9".into())
+            (
+                "index.docker.io".into(),
+                "library/python".into(),
+                "3.9".into()
+            )
         );
     }
 }

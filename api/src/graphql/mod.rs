@@ -64,7 +64,8 @@ pub fn graphql_routes() -> Router<AppState> {
 /// `operation_name` or `operationName` (string or null).
 fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
     let bad = |m: &str| ApiError::invalid_api_params().with_msg(m.to_string());
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))?;
     let Value::Object(mut obj) = v else {
         return Err(bad("the body must be a JSON object"));
     };
@@ -78,7 +79,9 @@ fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
         Some(v @ Value::Object(_)) => req = req.variables(async_graphql::Variables::from_json(v)),
         Some(_) => return Err(bad("variables must be an object")),
     }
-    let op = obj.remove("operation_name").or_else(|| obj.remove("operationName"));
+    let op = obj
+        .remove("operation_name")
+        .or_else(|| obj.remove("operationName"));
     match op {
         None | Some(Value::Null) => {}
         Some(Value::String(name)) => req = req.operation_name(name),
@@ -87,12 +90,19 @@ fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
     Ok(req)
 }
 
-/// Executes one request and returns `(data, errors)` as JSON.
-pub async fn execute(state: AppState, user: crate::auth::AuthUser, req: async_graphql::Request) -> (Value, Vec<Value>) {
+/// Executes one request and returns `(data, errors)`.
+///
+/// `data` stays an `async_graphql::Value`, whose objects keep the order of the selection
+/// set: the official client zips its field list with the *values* of each item in order,
+/// so a key-sorted object would shift every column of `backend.ai admin ...` tables.
+pub async fn execute(
+    state: AppState,
+    user: crate::auth::AuthUser,
+    req: async_graphql::Request,
+) -> (async_graphql::Value, Vec<Value>) {
     let ctx = std::sync::Arc::new(ReqCtx::new(state, user));
     let resp = schema().execute(req.data(ctx.clone())).await;
     ctx.finish().await;
-    let data = resp.data.into_json().unwrap_or(Value::Null);
     let errors = resp
         .errors
         .into_iter()
@@ -111,22 +121,28 @@ pub async fn execute(state: AppState, user: crate::auth::AuthUser, req: async_gr
                 );
             }
             if !e.path.is_empty() {
-                o.insert(
-                    "path".into(),
-                    serde_json::to_value(&e.path).unwrap_or(Value::Null),
-                );
+                o.insert("path".into(), serde_json::to_value(&e.path).unwrap_or(Value::Null));
             }
             Value::Object(o)
         })
         .collect();
-    (data, errors)
+    (resp.data, errors)
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+/// The standard envelope, serialised in selection order.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a async_graphql::Value>,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    errors: &'a [Value],
+}
+
+fn json_text_response(body: String) -> Response {
     (
-        status,
+        StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        body.to_string(),
+        body,
     )
         .into_response()
 }
@@ -139,25 +155,28 @@ async fn legacy_handler(State(state): State<AppState>, Auth(user): Auth, body: B
     };
     let (data, errors) = execute(state, user, req).await;
     if !errors.is_empty() {
-        return ApiError::graphql_error().with_data(Value::Array(errors)).into_response();
+        return ApiError::graphql_error()
+            .with_data(Value::Array(errors))
+            .into_response();
     }
-    json_response(StatusCode::OK, &data)
+    json_text_response(serde_json::to_string(&data).unwrap_or_else(|_| "null".into()))
 }
 
 /// `POST /admin/gql`: the standard `{data, errors}` envelope, always 200 once parsed.
-async fn standard_handler(State(state): State<AppState>, Auth(user): Auth, body: Bytes) -> Response {
+async fn standard_handler(
+    State(state): State<AppState>,
+    Auth(user): Auth,
+    body: Bytes,
+) -> Response {
     let req = match parse_request(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let (data, errors) = execute(state, user, req).await;
-    let mut out = serde_json::Map::new();
     // A document that failed validation has no `data` at all (graphql-core omits it).
-    if !(data.is_null() && !errors.is_empty()) {
-        out.insert("data".into(), data);
-    }
-    if !errors.is_empty() {
-        out.insert("errors".into(), Value::Array(errors));
-    }
-    json_response(StatusCode::OK, &Value::Object(out))
+    let envelope = Envelope {
+        data: (data != async_graphql::Value::Null || errors.is_empty()).then_some(&data),
+        errors: &errors,
+    };
+    json_text_response(serde_json::to_string(&envelope).unwrap_or_else(|_| "{}".into()))
 }

@@ -63,11 +63,13 @@ pub fn is_slug(s: &str) -> bool {
     !b.is_empty()
         && edge(b[0])
         && edge(b[b.len() - 1])
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
 }
 
 fn slots_opt(v: Option<JsonString>) -> GqlResult<Option<Value>> {
-    v.map(|j| parse_slots(&j.0).map_err(invalid_params)).transpose()
+    v.map(|j| parse_slots(&j.0).map_err(invalid_params))
+        .transpose()
 }
 
 fn json_opt(v: Option<JsonString>) -> Option<Value> {
@@ -77,7 +79,10 @@ fn json_opt(v: Option<JsonString>) -> Option<Value> {
 fn uuids(v: Option<Vec<String>>, what: &str) -> GqlResult<Option<Vec<Uuid>>> {
     v.map(|list| {
         list.iter()
-            .map(|s| Uuid::parse_str(s.trim()).map_err(|_| invalid_params(format!("invalid {what}: {s}"))))
+            .map(|s| {
+                Uuid::parse_str(s.trim())
+                    .map_err(|_| invalid_params(format!("invalid {what}: {s}")))
+            })
             .collect()
     })
     .transpose()
@@ -103,14 +108,16 @@ async fn run(ctx: &Context<'_>, op: AdminOp, allowed: &[UserRole]) -> GqlResult<
     }
     let field = op.field_name();
     if !allowed.contains(&rc.role()) {
-        return Ok(MutResult::refused(format!("no permission to execute {field}")));
+        return Ok(MutResult::refused(format!(
+            "no permission to execute {field}"
+        )));
     }
     let caller = caller_of(rc);
     let deadline = Duration::from_millis(rc.state.config.manager.command_timeout_ms.max(1000));
     let outcome = rc
         .state
         .bus
-        .publish_command(Command::Admin(AdminCommand { caller, op }), deadline)
+        .publish_command(Command::Admin(Box::new(AdminCommand { caller, op })), deadline)
         .await
         .map_err(|e| gql_err(ApiError::from(e)))?;
     match outcome {
@@ -446,9 +453,24 @@ item_payload!(ModifyGroup, group, Group, GroupRow);
 item_payload!(CreateUser, user, User, UserRow);
 item_payload!(ModifyUser, user, User, UserRow);
 item_payload!(CreateKeyPair, keypair, KeyPair, KeyPairRow);
-item_payload!(CreateKeyPairResourcePolicy, resource_policy, KeyPairResourcePolicy, PolicyRow);
-item_payload!(CreateResourcePreset, resource_preset, ResourcePreset, PresetRow);
-item_payload!(CreateScalingGroup, scaling_group, ScalingGroup, ScalingGroupRow);
+item_payload!(
+    CreateKeyPairResourcePolicy,
+    resource_policy,
+    KeyPairResourcePolicy,
+    PolicyRow
+);
+item_payload!(
+    CreateResourcePreset,
+    resource_preset,
+    ResourcePreset,
+    PresetRow
+);
+item_payload!(
+    CreateScalingGroup,
+    scaling_group,
+    ScalingGroup,
+    ScalingGroupRow
+);
 
 #[derive(SimpleObject)]
 #[graphql(rename_fields = "snake_case")]
@@ -477,14 +499,18 @@ pub struct UnloadImage {
 fn check_role_value(role: &Option<String>) -> GqlResult<()> {
     match role.as_deref() {
         None | Some("superadmin" | "admin" | "user" | "monitor") => Ok(()),
-        Some(other) => Err(async_graphql::Error::new(format!("'{other}' is not a valid UserRole"))),
+        Some(other) => Err(async_graphql::Error::new(format!(
+            "'{other}' is not a valid UserRole"
+        ))),
     }
 }
 
 fn check_status_value(status: &Option<String>) -> GqlResult<()> {
     match status.as_deref() {
         None | Some("active" | "inactive" | "deleted" | "before-verification") => Ok(()),
-        Some(other) => Err(async_graphql::Error::new(format!("'{other}' is not a valid UserStatus"))),
+        Some(other) => Err(async_graphql::Error::new(format!(
+            "'{other}' is not a valid UserStatus"
+        ))),
     }
 }
 
@@ -503,12 +529,14 @@ fn shared_memory(v: Option<String>) -> GqlResult<Option<i64>> {
         Some(s) => match parse_binary_size(&s).map_err(invalid_params)? {
             None => Err(invalid_params("shared_memory cannot be infinite")),
             Some(d) => Ok(Some(
-                rust_decimal::prelude::ToPrimitive::to_i64(&d).ok_or_else(|| invalid_params("shared_memory too large"))?,
+                rust_decimal::prelude::ToPrimitive::to_i64(&d)
+                    .ok_or_else(|| invalid_params("shared_memory too large"))?,
             )),
         },
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn policy_props(
     dfu: Option<String>,
     slots: Option<JsonString>,
@@ -532,11 +560,20 @@ fn policy_props(
     })
 }
 
-#[Object(name = "Mutations", rename_fields = "snake_case", rename_args = "snake_case")]
+#[Object(
+    name = "Mutations",
+    rename_fields = "snake_case",
+    rename_args = "snake_case"
+)]
 impl Mutations {
     // ------------------------------------------------------------------ domains
 
-    async fn create_domain(&self, ctx: &Context<'_>, name: String, props: DomainInput) -> GqlResult<CreateDomain> {
+    async fn create_domain(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: DomainInput,
+    ) -> GqlResult<CreateDomain> {
         if !is_slug(&name) {
             return Ok(MutResult::refused("invalid name format. slug format required.").into());
         }
@@ -544,17 +581,28 @@ impl Mutations {
             name: None,
             description: props.description,
             is_active: props.is_active,
-            total_resource_slots: Some(slots_opt(props.total_resource_slots)?.unwrap_or_else(|| serde_json::json!({}))),
+            total_resource_slots: Some(
+                slots_opt(props.total_resource_slots)?.unwrap_or_else(|| serde_json::json!({})),
+            ),
             allowed_vfolder_hosts: props.allowed_vfolder_hosts,
             allowed_docker_registries: props.allowed_docker_registries,
             integration_id: props.integration_id,
         };
-        Ok(run(ctx, AdminOp::CreateDomain { name, props }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::CreateDomain { name, props }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn modify_domain(&self, ctx: &Context<'_>, name: String, props: ModifyDomainInput) -> GqlResult<ModifyDomain> {
+    async fn modify_domain(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: ModifyDomainInput,
+    ) -> GqlResult<ModifyDomain> {
         if props.name.as_deref().is_some_and(|n| !is_slug(n)) {
-            return Err(async_graphql::Error::new("invalid name format. slug format required."));
+            return Err(async_graphql::Error::new(
+                "invalid name format. slug format required.",
+            ));
         }
         let props = DomainProps {
             name: props.name,
@@ -565,22 +613,35 @@ impl Mutations {
             allowed_docker_registries: props.allowed_docker_registries,
             integration_id: props.integration_id,
         };
-        Ok(run(ctx, AdminOp::ModifyDomain { name, props }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::ModifyDomain { name, props }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     async fn delete_domain(&self, ctx: &Context<'_>, name: String) -> GqlResult<DeleteDomain> {
-        Ok(run(ctx, AdminOp::DeleteDomain { name }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::DeleteDomain { name }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     async fn purge_domain(&self, ctx: &Context<'_>, name: String) -> GqlResult<PurgeDomain> {
-        Ok(run(ctx, AdminOp::PurgeDomain { name }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::PurgeDomain { name }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     // ------------------------------------------------------------------ groups
 
-    async fn create_group(&self, ctx: &Context<'_>, name: String, props: GroupInput) -> GqlResult<CreateGroup> {
+    async fn create_group(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: GroupInput,
+    ) -> GqlResult<CreateGroup> {
         if !is_slug(&name) {
-            return Err(async_graphql::Error::new("invalid name format. slug format required."));
+            return Err(async_graphql::Error::new(
+                "invalid name format. slug format required.",
+            ));
         }
         let rc = rc(ctx);
         if rc.role() == UserRole::Admin && props.domain_name != rc.user.domain_name {
@@ -591,18 +652,29 @@ impl Mutations {
             description: props.description,
             is_active: props.is_active,
             domain_name: Some(props.domain_name),
-            total_resource_slots: Some(slots_opt(props.total_resource_slots)?.unwrap_or_else(|| serde_json::json!({}))),
+            total_resource_slots: Some(
+                slots_opt(props.total_resource_slots)?.unwrap_or_else(|| serde_json::json!({})),
+            ),
             allowed_vfolder_hosts: props.allowed_vfolder_hosts,
             integration_id: props.integration_id,
             user_update_mode: None,
             user_uuids: None,
         };
-        Ok(run(ctx, AdminOp::CreateGroup { name, props }, ADMINS).await?.into())
+        Ok(run(ctx, AdminOp::CreateGroup { name, props }, ADMINS)
+            .await?
+            .into())
     }
 
-    async fn modify_group(&self, ctx: &Context<'_>, gid: Uuid, props: ModifyGroupInput) -> GqlResult<ModifyGroup> {
+    async fn modify_group(
+        &self,
+        ctx: &Context<'_>,
+        gid: Uuid,
+        props: ModifyGroupInput,
+    ) -> GqlResult<ModifyGroup> {
         if props.name.as_deref().is_some_and(|n| !is_slug(n)) {
-            return Err(async_graphql::Error::new("invalid name format. slug format required."));
+            return Err(async_graphql::Error::new(
+                "invalid name format. slug format required.",
+            ));
         }
         if let Some(mode) = props.user_update_mode.as_deref() {
             if mode != "add" && mode != "remove" {
@@ -620,7 +692,9 @@ impl Mutations {
             user_update_mode: props.user_update_mode,
             user_uuids: uuids(props.user_uuids, "user uuid")?,
         };
-        Ok(run(ctx, AdminOp::ModifyGroup { gid, props }, ADMINS).await?.into())
+        Ok(run(ctx, AdminOp::ModifyGroup { gid, props }, ADMINS)
+            .await?
+            .into())
     }
 
     async fn delete_group(&self, ctx: &Context<'_>, gid: Uuid) -> GqlResult<DeleteGroup> {
@@ -633,7 +707,12 @@ impl Mutations {
 
     // ------------------------------------------------------------------ users
 
-    async fn create_user(&self, ctx: &Context<'_>, email: String, props: UserInput) -> GqlResult<CreateUser> {
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        props: UserInput,
+    ) -> GqlResult<CreateUser> {
         check_role_value(&props.role)?;
         check_status_value(&props.status)?;
         if rc(ctx).role() != UserRole::Superadmin {
@@ -651,10 +730,17 @@ impl Mutations {
             role: props.role,
             group_ids: uuids(props.group_ids, "group id")?,
         };
-        Ok(run(ctx, AdminOp::CreateUser { email, props }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::CreateUser { email, props }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn modify_user(&self, ctx: &Context<'_>, email: String, props: ModifyUserInput) -> GqlResult<ModifyUser> {
+    async fn modify_user(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        props: ModifyUserInput,
+    ) -> GqlResult<ModifyUser> {
         check_role_value(&props.role)?;
         check_status_value(&props.status)?;
         if rc(ctx).role() != UserRole::Superadmin {
@@ -676,21 +762,44 @@ impl Mutations {
             role: props.role,
             group_ids: uuids(props.group_ids, "group id")?,
         };
-        Ok(run(ctx, AdminOp::ModifyUser { email, props }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::ModifyUser { email, props }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     async fn delete_user(&self, ctx: &Context<'_>, email: String) -> GqlResult<DeleteUser> {
-        Ok(run(ctx, AdminOp::DeleteUser { email }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::DeleteUser { email }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn purge_user(&self, ctx: &Context<'_>, email: String, props: PurgeUserInput) -> GqlResult<PurgeUser> {
+    async fn purge_user(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        props: PurgeUserInput,
+    ) -> GqlResult<PurgeUser> {
         let purge_shared_vfolders = props.purge_shared_vfolders.unwrap_or(false);
-        Ok(run(ctx, AdminOp::PurgeUser { email, purge_shared_vfolders }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::PurgeUser {
+                email,
+                purge_shared_vfolders,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
     // ------------------------------------------------------------------ keypairs
 
-    async fn create_keypair(&self, ctx: &Context<'_>, user_id: String, props: KeyPairInput) -> GqlResult<CreateKeyPair> {
+    async fn create_keypair(
+        &self,
+        ctx: &Context<'_>,
+        user_id: String,
+        props: KeyPairInput,
+    ) -> GqlResult<CreateKeyPair> {
         let _ = props.concurrency_limit;
         let props = KeyPairProps {
             is_active: props.is_active,
@@ -698,10 +807,19 @@ impl Mutations {
             resource_policy: Some(props.resource_policy),
             rate_limit: Some(props.rate_limit),
         };
-        Ok(run(ctx, AdminOp::CreateKeypair { user_id, props }, SUPERADMIN).await?.into())
+        Ok(
+            run(ctx, AdminOp::CreateKeypair { user_id, props }, SUPERADMIN)
+                .await?
+                .into(),
+        )
     }
 
-    async fn modify_keypair(&self, ctx: &Context<'_>, access_key: String, props: ModifyKeyPairInput) -> GqlResult<ModifyKeyPair> {
+    async fn modify_keypair(
+        &self,
+        ctx: &Context<'_>,
+        access_key: String,
+        props: ModifyKeyPairInput,
+    ) -> GqlResult<ModifyKeyPair> {
         let _ = props.concurrency_limit;
         let props = KeyPairProps {
             is_active: props.is_active,
@@ -709,17 +827,33 @@ impl Mutations {
             resource_policy: props.resource_policy,
             rate_limit: props.rate_limit,
         };
-        Ok(run(ctx, AdminOp::ModifyKeypair { access_key, props }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::ModifyKeypair { access_key, props },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn delete_keypair(&self, ctx: &Context<'_>, access_key: String) -> GqlResult<DeleteKeyPair> {
-        Ok(run(ctx, AdminOp::DeleteKeypair { access_key }, SUPERADMIN).await?.into())
+    async fn delete_keypair(
+        &self,
+        ctx: &Context<'_>,
+        access_key: String,
+    ) -> GqlResult<DeleteKeyPair> {
+        Ok(run(ctx, AdminOp::DeleteKeypair { access_key }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     // ------------------------------------------------------------------ images
 
     /// Registry rescans need the registry crawler, which this deployment lacks.
-    async fn rescan_images(&self, ctx: &Context<'_>, registry: Option<String>) -> GqlResult<RescanImages> {
+    async fn rescan_images(
+        &self,
+        ctx: &Context<'_>,
+        registry: Option<String>,
+    ) -> GqlResult<RescanImages> {
         let _ = registry;
         let rc = rc(ctx);
         if !ADMINS.contains(&rc.role()) {
@@ -736,7 +870,11 @@ impl Mutations {
         })
     }
 
-    async fn preload_image(&self, references: Vec<String>, target_agents: Vec<String>) -> PreloadImage {
+    async fn preload_image(
+        &self,
+        references: Vec<String>,
+        target_agents: Vec<String>,
+    ) -> PreloadImage {
         let _ = (references, target_agents);
         PreloadImage {
             ok: Some(false),
@@ -745,7 +883,11 @@ impl Mutations {
         }
     }
 
-    async fn unload_image(&self, references: Vec<String>, target_agents: Vec<String>) -> UnloadImage {
+    async fn unload_image(
+        &self,
+        references: Vec<String>,
+        target_agents: Vec<String>,
+    ) -> UnloadImage {
         let _ = (references, target_agents);
         UnloadImage {
             ok: Some(false),
@@ -755,22 +897,40 @@ impl Mutations {
     }
 
     async fn forget_image(&self, ctx: &Context<'_>, reference: String) -> GqlResult<ForgetImage> {
-        Ok(run(ctx, AdminOp::ForgetImage { reference }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::ForgetImage { reference }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn alias_image(&self, ctx: &Context<'_>, alias: String, target: String) -> GqlResult<AliasImage> {
-        Ok(run(ctx, AdminOp::AliasImage { alias, target }, SUPERADMIN).await?.into())
+    async fn alias_image(
+        &self,
+        ctx: &Context<'_>,
+        alias: String,
+        target: String,
+    ) -> GqlResult<AliasImage> {
+        Ok(run(ctx, AdminOp::AliasImage { alias, target }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     async fn dealias_image(&self, ctx: &Context<'_>, alias: String) -> GqlResult<DealiasImage> {
-        Ok(run(ctx, AdminOp::DealiasImage { alias }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::DealiasImage { alias }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn modify_image(&self, ctx: &Context<'_>, target: String, props: ModifyImageInput) -> GqlResult<ModifyImage> {
+    async fn modify_image(
+        &self,
+        ctx: &Context<'_>,
+        target: String,
+        props: ModifyImageInput,
+    ) -> GqlResult<ModifyImage> {
         let props = ImageProps {
             digest: props.digest,
             size_bytes: props.size_bytes.map(|b| b.0),
-            labels: props.labels.map(|l| l.into_iter().map(|kv| (kv.key, kv.value)).collect()),
+            labels: props
+                .labels
+                .map(|l| l.into_iter().map(|kv| (kv.key, kv.value)).collect()),
             resource_limits: props.resource_limits.map(|l| {
                 l.into_iter()
                     .map(|r| ImageResourceLimit {
@@ -782,7 +942,9 @@ impl Mutations {
             }),
             supported_accelerators: props.supported_accelerators,
         };
-        Ok(run(ctx, AdminOp::ModifyImage { target, props }, SUPERADMIN).await?.into())
+        Ok(run(ctx, AdminOp::ModifyImage { target, props }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     // ------------------------------------------------------------------ resource policies
@@ -803,7 +965,13 @@ impl Mutations {
             Some(props.max_vfolder_size),
             Some(props.allowed_vfolder_hosts.unwrap_or_default()),
         )?;
-        Ok(run(ctx, AdminOp::CreateKeypairResourcePolicy { name, props }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::CreateKeypairResourcePolicy { name, props },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
     async fn modify_keypair_resource_policy(
@@ -822,38 +990,87 @@ impl Mutations {
             props.max_vfolder_size,
             props.allowed_vfolder_hosts,
         )?;
-        Ok(run(ctx, AdminOp::ModifyKeypairResourcePolicy { name, props }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::ModifyKeypairResourcePolicy { name, props },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn delete_keypair_resource_policy(&self, ctx: &Context<'_>, name: String) -> GqlResult<DeleteKeyPairResourcePolicy> {
-        Ok(run(ctx, AdminOp::DeleteKeypairResourcePolicy { name }, SUPERADMIN).await?.into())
+    async fn delete_keypair_resource_policy(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> GqlResult<DeleteKeyPairResourcePolicy> {
+        Ok(run(
+            ctx,
+            AdminOp::DeleteKeypairResourcePolicy { name },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
     // ------------------------------------------------------------------ resource presets
 
-    async fn create_resource_preset(&self, ctx: &Context<'_>, name: String, props: CreateResourcePresetInput) -> GqlResult<CreateResourcePreset> {
+    async fn create_resource_preset(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: CreateResourcePresetInput,
+    ) -> GqlResult<CreateResourcePreset> {
         let props = ResourcePresetProps {
             resource_slots: Some(parse_slots(&props.resource_slots.0).map_err(invalid_params)?),
             shared_memory: shared_memory(props.shared_memory)?,
         };
-        Ok(run(ctx, AdminOp::CreateResourcePreset { name, props }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::CreateResourcePreset { name, props },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn modify_resource_preset(&self, ctx: &Context<'_>, name: String, props: ModifyResourcePresetInput) -> GqlResult<ModifyResourcePreset> {
+    async fn modify_resource_preset(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: ModifyResourcePresetInput,
+    ) -> GqlResult<ModifyResourcePreset> {
         let props = ResourcePresetProps {
             resource_slots: slots_opt(props.resource_slots)?,
             shared_memory: shared_memory(props.shared_memory)?,
         };
-        Ok(run(ctx, AdminOp::ModifyResourcePreset { name, props }, SUPERADMIN).await?.into())
+        Ok(run(
+            ctx,
+            AdminOp::ModifyResourcePreset { name, props },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn delete_resource_preset(&self, ctx: &Context<'_>, name: String) -> GqlResult<DeleteResourcePreset> {
-        Ok(run(ctx, AdminOp::DeleteResourcePreset { name }, SUPERADMIN).await?.into())
+    async fn delete_resource_preset(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> GqlResult<DeleteResourcePreset> {
+        Ok(run(ctx, AdminOp::DeleteResourcePreset { name }, SUPERADMIN)
+            .await?
+            .into())
     }
 
     // ------------------------------------------------------------------ scaling groups
 
-    async fn create_scaling_group(&self, ctx: &Context<'_>, name: String, props: CreateScalingGroupInput) -> GqlResult<CreateScalingGroup> {
+    async fn create_scaling_group(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: CreateScalingGroupInput,
+    ) -> GqlResult<CreateScalingGroup> {
         let props = ScalingGroupProps {
             description: props.description,
             is_active: props.is_active,
@@ -862,10 +1079,19 @@ impl Mutations {
             scheduler: Some(props.scheduler),
             scheduler_opts: json_opt(props.scheduler_opts),
         };
-        Ok(run(ctx, AdminOp::CreateScalingGroup { name, props }, SUPERADMIN).await?.into())
+        Ok(
+            run(ctx, AdminOp::CreateScalingGroup { name, props }, SUPERADMIN)
+                .await?
+                .into(),
+        )
     }
 
-    async fn modify_scaling_group(&self, ctx: &Context<'_>, name: String, props: ModifyScalingGroupInput) -> GqlResult<ModifyScalingGroup> {
+    async fn modify_scaling_group(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        props: ModifyScalingGroupInput,
+    ) -> GqlResult<ModifyScalingGroup> {
         let props = ScalingGroupProps {
             description: props.description,
             is_active: props.is_active,
@@ -874,42 +1100,156 @@ impl Mutations {
             scheduler: props.scheduler,
             scheduler_opts: json_opt(props.scheduler_opts),
         };
-        Ok(run(ctx, AdminOp::ModifyScalingGroup { name, props }, SUPERADMIN).await?.into())
+        Ok(
+            run(ctx, AdminOp::ModifyScalingGroup { name, props }, SUPERADMIN)
+                .await?
+                .into(),
+        )
     }
 
-    async fn delete_scaling_group(&self, ctx: &Context<'_>, name: String) -> GqlResult<DeleteScalingGroup> {
-        Ok(run(ctx, AdminOp::DeleteScalingGroup { name }, SUPERADMIN).await?.into())
+    async fn delete_scaling_group(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> GqlResult<DeleteScalingGroup> {
+        Ok(run(ctx, AdminOp::DeleteScalingGroup { name }, SUPERADMIN)
+            .await?
+            .into())
     }
 
-    async fn associate_scaling_group_with_domain(&self, ctx: &Context<'_>, scaling_group: String, domain: String) -> GqlResult<AssociateScalingGroupWithDomain> {
-        Ok(run(ctx, AdminOp::AssociateScalingGroupWithDomain { scaling_group, domain }, SUPERADMIN).await?.into())
+    async fn associate_scaling_group_with_domain(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        domain: String,
+    ) -> GqlResult<AssociateScalingGroupWithDomain> {
+        Ok(run(
+            ctx,
+            AdminOp::AssociateScalingGroupWithDomain {
+                scaling_group,
+                domain,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn disassociate_scaling_group_with_domain(&self, ctx: &Context<'_>, scaling_group: String, domain: String) -> GqlResult<DisassociateScalingGroupWithDomain> {
-        Ok(run(ctx, AdminOp::DisassociateScalingGroupWithDomain { scaling_group, domain }, SUPERADMIN).await?.into())
+    async fn disassociate_scaling_group_with_domain(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        domain: String,
+    ) -> GqlResult<DisassociateScalingGroupWithDomain> {
+        Ok(run(
+            ctx,
+            AdminOp::DisassociateScalingGroupWithDomain {
+                scaling_group,
+                domain,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn disassociate_all_scaling_groups_with_domain(&self, ctx: &Context<'_>, domain: String) -> GqlResult<DisassociateAllScalingGroupsWithDomain> {
-        Ok(run(ctx, AdminOp::DisassociateAllScalingGroupsWithDomain { domain }, SUPERADMIN).await?.into())
+    async fn disassociate_all_scaling_groups_with_domain(
+        &self,
+        ctx: &Context<'_>,
+        domain: String,
+    ) -> GqlResult<DisassociateAllScalingGroupsWithDomain> {
+        Ok(run(
+            ctx,
+            AdminOp::DisassociateAllScalingGroupsWithDomain { domain },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn associate_scaling_group_with_user_group(&self, ctx: &Context<'_>, scaling_group: String, user_group: Uuid) -> GqlResult<AssociateScalingGroupWithUserGroup> {
-        Ok(run(ctx, AdminOp::AssociateScalingGroupWithUserGroup { scaling_group, user_group }, SUPERADMIN).await?.into())
+    async fn associate_scaling_group_with_user_group(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        user_group: Uuid,
+    ) -> GqlResult<AssociateScalingGroupWithUserGroup> {
+        Ok(run(
+            ctx,
+            AdminOp::AssociateScalingGroupWithUserGroup {
+                scaling_group,
+                user_group,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn disassociate_scaling_group_with_user_group(&self, ctx: &Context<'_>, scaling_group: String, user_group: Uuid) -> GqlResult<DisassociateScalingGroupWithUserGroup> {
-        Ok(run(ctx, AdminOp::DisassociateScalingGroupWithUserGroup { scaling_group, user_group }, SUPERADMIN).await?.into())
+    async fn disassociate_scaling_group_with_user_group(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        user_group: Uuid,
+    ) -> GqlResult<DisassociateScalingGroupWithUserGroup> {
+        Ok(run(
+            ctx,
+            AdminOp::DisassociateScalingGroupWithUserGroup {
+                scaling_group,
+                user_group,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn disassociate_all_scaling_groups_with_group(&self, ctx: &Context<'_>, user_group: Uuid) -> GqlResult<DisassociateAllScalingGroupsWithGroup> {
-        Ok(run(ctx, AdminOp::DisassociateAllScalingGroupsWithGroup { user_group }, SUPERADMIN).await?.into())
+    async fn disassociate_all_scaling_groups_with_group(
+        &self,
+        ctx: &Context<'_>,
+        user_group: Uuid,
+    ) -> GqlResult<DisassociateAllScalingGroupsWithGroup> {
+        Ok(run(
+            ctx,
+            AdminOp::DisassociateAllScalingGroupsWithGroup { user_group },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn associate_scaling_group_with_keypair(&self, ctx: &Context<'_>, scaling_group: String, access_key: String) -> GqlResult<AssociateScalingGroupWithKeyPair> {
-        Ok(run(ctx, AdminOp::AssociateScalingGroupWithKeypair { scaling_group, access_key }, SUPERADMIN).await?.into())
+    async fn associate_scaling_group_with_keypair(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        access_key: String,
+    ) -> GqlResult<AssociateScalingGroupWithKeyPair> {
+        Ok(run(
+            ctx,
+            AdminOp::AssociateScalingGroupWithKeypair {
+                scaling_group,
+                access_key,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 
-    async fn disassociate_scaling_group_with_keypair(&self, ctx: &Context<'_>, scaling_group: String, access_key: String) -> GqlResult<DisassociateScalingGroupWithKeyPair> {
-        Ok(run(ctx, AdminOp::DisassociateScalingGroupWithKeypair { scaling_group, access_key }, SUPERADMIN).await?.into())
+    async fn disassociate_scaling_group_with_keypair(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: String,
+        access_key: String,
+    ) -> GqlResult<DisassociateScalingGroupWithKeyPair> {
+        Ok(run(
+            ctx,
+            AdminOp::DisassociateScalingGroupWithKeypair {
+                scaling_group,
+                access_key,
+            },
+            SUPERADMIN,
+        )
+        .await?
+        .into())
     }
 }

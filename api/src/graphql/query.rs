@@ -10,7 +10,10 @@ use uuid::Uuid;
 use crate::auth::UserRole;
 use crate::error::ApiError;
 
-use super::context::{db_err, gql_err, insufficient_privilege, invalid_params, scoped, unknown_role, GqlResult, ReqCtx, UserKey};
+use super::context::{
+    db_err, gql_err, insufficient_privilege, invalid_params, scoped, unknown_role, GqlResult,
+    ReqCtx, UserKey,
+};
 use super::sql::{compile_filter, compile_order, legacy_order, Bind, Field, Kind, Sql, Where};
 use super::types_admin::*;
 use super::types_infra::*;
@@ -154,8 +157,19 @@ const VFOLDER_FIELDS: &[Field] = &[
 ];
 
 const KERNEL_STATUSES: &[&str] = &[
-    "PENDING", "SCHEDULED", "PREPARING", "BUILDING", "PULLING", "RUNNING", "RESTARTING", "RESIZING",
-    "SUSPENDED", "TERMINATING", "TERMINATED", "ERROR", "CANCELLED",
+    "PENDING",
+    "SCHEDULED",
+    "PREPARING",
+    "BUILDING",
+    "PULLING",
+    "RUNNING",
+    "RESTARTING",
+    "RESIZING",
+    "SUSPENDED",
+    "TERMINATING",
+    "TERMINATED",
+    "ERROR",
+    "CANCELLED",
 ];
 const AGENT_STATUSES: &[&str] = &["ALIVE", "LOST", "RESTARTING", "TERMINATED"];
 const USER_STATUSES: &[&str] = &["active", "inactive", "deleted", "before-verification"];
@@ -178,8 +192,16 @@ paginated!(UserList, User, "UserList");
 paginated!(KeyPairList, KeyPair, "KeyPairList");
 paginated!(VirtualFolderList, VirtualFolder, "VirtualFolderList");
 paginated!(ComputeSessionList, ComputeSession, "ComputeSessionList");
-paginated!(ComputeContainerList, ComputeContainer, "ComputeContainerList");
-paginated!(LegacyComputeSessionList, LegacyComputeSession, "LegacyComputeSessionList");
+paginated!(
+    ComputeContainerList,
+    ComputeContainer,
+    "ComputeContainerList"
+);
+paginated!(
+    LegacyComputeSessionList,
+    LegacyComputeSession,
+    "LegacyComputeSessionList"
+);
 paginated!(StorageVolumeList, StorageVolume, "StorageVolumeList");
 
 /// The ordering/filtering arguments of a paginated query.
@@ -210,17 +232,20 @@ impl ListArgs {
         default_order: &str,
     ) -> GqlResult<String> {
         if let Some(f) = self.filter.as_deref().filter(|f| !f.trim().is_empty()) {
-            let cond = compile_filter(f, fields, sql).map_err(|e| invalid_params(format!("invalid filter: {e}")))?;
+            let cond = compile_filter(f, fields, sql)
+                .map_err(|e| invalid_params(format!("invalid filter: {e}")))?;
             w.add(cond);
         }
         if let Some(o) = self.order.as_deref().filter(|o| !o.trim().is_empty()) {
-            let ord = compile_order(o, fields).map_err(|e| invalid_params(format!("invalid order: {e}")))?;
+            let ord = compile_order(o, fields)
+                .map_err(|e| invalid_params(format!("invalid order: {e}")))?;
             if !ord.is_empty() {
                 return Ok(ord);
             }
         }
         if let Some(k) = &self.order_key {
-            return legacy_order(k, self.order_asc.unwrap_or(true), order_keys).map_err(invalid_params);
+            return legacy_order(k, self.order_asc.unwrap_or(true), order_keys)
+                .map_err(invalid_params);
         }
         Ok(default_order.to_string())
     }
@@ -228,6 +253,7 @@ impl ListArgs {
 
 /// One round trip for a page and its total (`count(*) OVER ()`); a second only when the
 /// page is empty past the first row.
+#[allow(clippy::too_many_arguments)]
 async fn paginate<T>(
     rc: &ReqCtx,
     mut sql: Sql,
@@ -245,7 +271,11 @@ where
     sql.text = format!(
         "SELECT {cols}, count(*) OVER () AS __total FROM {from}{where_sql} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
     );
-    let rows: Vec<PgRow> = sql.query().fetch_all(&mut **rc.db().await?).await.map_err(db_err)?;
+    let rows: Vec<PgRow> = sql
+        .query()
+        .fetch_all(&mut **rc.db().await?)
+        .await
+        .map_err(db_err)?;
     let mut total: i64 = 0;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -254,7 +284,11 @@ where
     }
     if rows.is_empty() && offset > 0 {
         sql.text = format!("SELECT count(*) FROM {from}{where_sql}");
-        let row: PgRow = sql.query().fetch_one(&mut **rc.db().await?).await.map_err(db_err)?;
+        let row: PgRow = sql
+            .query()
+            .fetch_one(&mut **rc.db().await?)
+            .await
+            .map_err(db_err)?;
         total = row.try_get(0).map_err(db_err)?;
     }
     Ok((items, total as i32))
@@ -264,14 +298,20 @@ async fn fetch_all<T>(rc: &ReqCtx, sql: &Sql) -> GqlResult<Vec<T>>
 where
     T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
 {
-    sql.query_as::<T>().fetch_all(&mut **rc.db().await?).await.map_err(db_err)
+    sql.query_as::<T>()
+        .fetch_all(&mut **rc.db().await?)
+        .await
+        .map_err(db_err)
 }
 
 async fn fetch_opt<T>(rc: &ReqCtx, sql: &Sql) -> GqlResult<Option<T>>
 where
     T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
 {
-    sql.query_as::<T>().fetch_optional(&mut **rc.db().await?).await.map_err(db_err)
+    sql.query_as::<T>()
+        .fetch_optional(&mut **rc.db().await?)
+        .await
+        .map_err(db_err)
 }
 
 fn parse_statuses(status: &str, allowed: &[&str]) -> GqlResult<Vec<String>> {
@@ -300,7 +340,12 @@ fn looks_ahead(ctx: &Context<'_>, path: &[&str]) -> bool {
     la.exists()
 }
 
-async fn with_domain_sgroups(rc: &ReqCtx, ctx: &Context<'_>, rows: Vec<DomainRow>, path: &[&str]) -> GqlResult<Vec<Domain>> {
+async fn with_domain_sgroups(
+    rc: &ReqCtx,
+    ctx: &Context<'_>,
+    rows: Vec<DomainRow>,
+    path: &[&str],
+) -> GqlResult<Vec<Domain>> {
     let mut items: Vec<Domain> = rows.into_iter().map(Domain::from).collect();
     if looks_ahead(ctx, path) && !items.is_empty() {
         let names: Vec<String> = items.iter().map(|d| d.row.name.clone()).collect();
@@ -312,7 +357,11 @@ async fn with_domain_sgroups(rc: &ReqCtx, ctx: &Context<'_>, rows: Vec<DomainRow
     Ok(items)
 }
 
-async fn with_group_sgroups(rc: &ReqCtx, ctx: &Context<'_>, rows: Vec<GroupRow>) -> GqlResult<Vec<Group>> {
+async fn with_group_sgroups(
+    rc: &ReqCtx,
+    ctx: &Context<'_>,
+    rows: Vec<GroupRow>,
+) -> GqlResult<Vec<Group>> {
     let mut items: Vec<Group> = rows.into_iter().map(Group::from).collect();
     if looks_ahead(ctx, &["scaling_groups"]) && items.len() > 1 {
         let ids: Vec<Uuid> = items.iter().map(|g| g.row.id).collect();
@@ -324,7 +373,12 @@ async fn with_group_sgroups(rc: &ReqCtx, ctx: &Context<'_>, rows: Vec<GroupRow>)
     Ok(items)
 }
 
-async fn with_user_groups(rc: &ReqCtx, ctx: &Context<'_>, rows: Vec<UserRow>, path: &[&str]) -> GqlResult<Vec<User>> {
+async fn with_user_groups(
+    rc: &ReqCtx,
+    ctx: &Context<'_>,
+    rows: Vec<UserRow>,
+    path: &[&str],
+) -> GqlResult<Vec<User>> {
     let mut items: Vec<User> = rows.into_iter().map(User::from).collect();
     if looks_ahead(ctx, path) && items.len() > 1 {
         prefetch_user_groups(rc, &mut items).await?;
@@ -372,7 +426,11 @@ fn user_where(
         }
         w.eq(sql, "u.status::text", Bind::Text(s));
     } else if let Some(a) = is_active {
-        w.add(if a { "u.status = 'active'" } else { "u.status <> 'active'" });
+        w.add(if a {
+            "u.status = 'active'"
+        } else {
+            "u.status <> 'active'"
+        });
     }
     Ok(())
 }
@@ -382,7 +440,10 @@ fn users_scope(rc: &ReqCtx, domain_name: Option<String>) -> GqlResult<Option<Str
     match rc.role() {
         UserRole::Superadmin => Ok(domain_name),
         UserRole::Admin => {
-            if domain_name.as_ref().is_some_and(|d| d != &rc.user.domain_name) {
+            if domain_name
+                .as_ref()
+                .is_some_and(|d| d != &rc.user.domain_name)
+            {
                 return Err(insufficient_privilege());
             }
             Ok(Some(rc.user.domain_name.clone()))
@@ -392,7 +453,13 @@ fn users_scope(rc: &ReqCtx, domain_name: Option<String>) -> GqlResult<Option<Str
     }
 }
 
-fn keypair_where(sql: &mut Sql, w: &mut Where, domain_name: Option<String>, email: Option<String>, is_active: Option<bool>) {
+fn keypair_where(
+    sql: &mut Sql,
+    w: &mut Where,
+    domain_name: Option<String>,
+    email: Option<String>,
+    is_active: Option<bool>,
+) {
     if let Some(d) = domain_name {
         w.eq(sql, "u.domain_name", Bind::Text(d));
     }
@@ -424,7 +491,12 @@ fn kernel_scope_where(
     Ok(())
 }
 
-async fn sgroups_where(rc: &ReqCtx, extra: &str, bind: Option<Bind>, is_active: Option<bool>) -> GqlResult<Vec<ScalingGroup>> {
+async fn sgroups_where(
+    rc: &ReqCtx,
+    extra: &str,
+    bind: Option<Bind>,
+    is_active: Option<bool>,
+) -> GqlResult<Vec<ScalingGroup>> {
     let mut sql = Sql::default();
     let mut w = Where::default();
     if let Some(b) = bind {
@@ -434,7 +506,10 @@ async fn sgroups_where(rc: &ReqCtx, extra: &str, bind: Option<Bind>, is_active: 
     if let Some(a) = is_active {
         w.eq(&mut sql, "s.is_active", Bind::Bool(a));
     }
-    sql.text = format!("SELECT {SGROUP_COLS} FROM scaling_groups s{} ORDER BY s.name", w.render());
+    sql.text = format!(
+        "SELECT {SGROUP_COLS} FROM scaling_groups s{} ORDER BY s.name",
+        w.render()
+    );
     let rows: Vec<ScalingGroupRow> = fetch_all(rc, &sql).await?;
     Ok(rows.into_iter().map(|row| ScalingGroup { row }).collect())
 }
@@ -476,7 +551,11 @@ fn is_operation_image(img: &Image) -> bool {
         .is_some_and(|f| f.split_whitespace().any(|x| x == "operation"))
 }
 
-#[Object(name = "Queries", rename_fields = "snake_case", rename_args = "snake_case")]
+#[Object(
+    name = "Queries",
+    rename_fields = "snake_case",
+    rename_args = "snake_case"
+)]
 impl Queries {
     // ------------------------------------------------------------------ agents
 
@@ -488,7 +567,12 @@ impl Queries {
         Ok(fetch_opt::<AgentRow>(rc, &sql).await?.map(Agent::from))
     }
 
-    async fn agents(&self, ctx: &Context<'_>, scaling_group: Option<String>, status: Option<String>) -> GqlResult<Option<Vec<Agent>>> {
+    async fn agents(
+        &self,
+        ctx: &Context<'_>,
+        scaling_group: Option<String>,
+        status: Option<String>,
+    ) -> GqlResult<Option<Vec<Agent>>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         let mut sql = Sql::default();
@@ -501,7 +585,10 @@ impl Queries {
             let p = sql.bind(Bind::TextArr(list));
             w.add(format!("a.status::text = ANY({p})"));
         }
-        sql.text = format!("SELECT {AGENT_COLS} FROM agents a{} ORDER BY a.id", w.render());
+        sql.text = format!(
+            "SELECT {AGENT_COLS} FROM agents a{} ORDER BY a.id",
+            w.render()
+        );
         let rows: Vec<AgentRow> = fetch_all(rc, &sql).await?;
         Ok(Some(rows.into_iter().map(Agent::from).collect()))
     }
@@ -521,7 +608,14 @@ impl Queries {
     ) -> GqlResult<AgentList> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let mut sql = Sql::default();
         let mut w = Where::default();
@@ -534,7 +628,8 @@ impl Queries {
             w.add(format!("a.status::text = ANY({p})"));
         }
         let ord = args.apply(&mut sql, &mut w, AGENT_FIELDS, AGENT_FIELDS, "a.id ASC")?;
-        let (rows, total) = paginate::<AgentRow>(rc, sql, AGENT_COLS, "agents a", &w, &ord, limit, offset).await?;
+        let (rows, total) =
+            paginate::<AgentRow>(rc, sql, AGENT_COLS, "agents a", &w, &ord, limit, offset).await?;
         Ok(AgentList {
             items: rows.into_iter().map(Agent::from).collect(),
             total_count: total,
@@ -549,12 +644,18 @@ impl Queries {
         if !rc.is_superadmin() && name != rc.user.domain_name {
             return Err(gql_err(ApiError::not_found().with_msg("no such domain")));
         }
-        let mut sql = Sql::new(format!("SELECT {DOMAIN_COLS} FROM domains d WHERE d.name = "));
+        let mut sql = Sql::new(format!(
+            "SELECT {DOMAIN_COLS} FROM domains d WHERE d.name = "
+        ));
         sql.push_bind(Bind::Text(name));
         Ok(fetch_opt::<DomainRow>(rc, &sql).await?.map(Domain::from))
     }
 
-    async fn domains(&self, ctx: &Context<'_>, is_active: Option<bool>) -> GqlResult<Option<Vec<Domain>>> {
+    async fn domains(
+        &self,
+        ctx: &Context<'_>,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<Domain>>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         let mut sql = Sql::default();
@@ -562,14 +663,24 @@ impl Queries {
         if let Some(a) = is_active {
             w.eq(&mut sql, "d.is_active", Bind::Bool(a));
         }
-        sql.text = format!("SELECT {DOMAIN_COLS} FROM domains d{} ORDER BY d.name", w.render());
+        sql.text = format!(
+            "SELECT {DOMAIN_COLS} FROM domains d{} ORDER BY d.name",
+            w.render()
+        );
         let rows: Vec<DomainRow> = fetch_all(rc, &sql).await?;
-        Ok(Some(with_domain_sgroups(rc, ctx, rows, &["scaling_groups"]).await?))
+        Ok(Some(
+            with_domain_sgroups(rc, ctx, rows, &["scaling_groups"]).await?,
+        ))
     }
 
     // ------------------------------------------------------------------ groups
 
-    async fn group(&self, ctx: &Context<'_>, id: Uuid, domain_name: Option<String>) -> GqlResult<Option<Group>> {
+    async fn group(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        domain_name: Option<String>,
+    ) -> GqlResult<Option<Group>> {
         let rc = rc(ctx);
         let mut sql = Sql::new(format!("SELECT {GROUP_COLS} FROM groups g WHERE g.id = "));
         sql.push_bind(Bind::Uuid(id));
@@ -580,7 +691,10 @@ impl Queries {
         match rc.role() {
             UserRole::Superadmin => {}
             UserRole::Admin => {
-                if group.as_ref().is_some_and(|g| g.domain_name != rc.user.domain_name) {
+                if group
+                    .as_ref()
+                    .is_some_and(|g| g.domain_name != rc.user.domain_name)
+                {
                     return Err(insufficient_privilege());
                 }
             }
@@ -597,12 +711,20 @@ impl Queries {
         Ok(group.map(Group::from))
     }
 
-    async fn groups(&self, ctx: &Context<'_>, domain_name: Option<String>, is_active: Option<bool>) -> GqlResult<Option<Vec<Group>>> {
+    async fn groups(
+        &self,
+        ctx: &Context<'_>,
+        domain_name: Option<String>,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<Group>>> {
         let rc = rc(ctx);
         let domain_name = match rc.role() {
             UserRole::Superadmin => domain_name,
             UserRole::Admin => {
-                if domain_name.as_ref().is_some_and(|d| d != &rc.user.domain_name) {
+                if domain_name
+                    .as_ref()
+                    .is_some_and(|d| d != &rc.user.domain_name)
+                {
                     return Err(insufficient_privilege());
                 }
                 Some(rc.user.domain_name.clone())
@@ -621,17 +743,28 @@ impl Queries {
         if let Some(a) = is_active {
             w.eq(&mut sql, "g.is_active", Bind::Bool(a));
         }
-        sql.text = format!("SELECT {GROUP_COLS} FROM groups g{} ORDER BY g.domain_name, g.name", w.render());
+        sql.text = format!(
+            "SELECT {GROUP_COLS} FROM groups g{} ORDER BY g.domain_name, g.name",
+            w.render()
+        );
         let rows: Vec<GroupRow> = fetch_all(rc, &sql).await?;
         Ok(Some(with_group_sgroups(rc, ctx, rows).await?))
     }
 
-    async fn groups_by_name(&self, ctx: &Context<'_>, name: String, domain_name: Option<String>) -> GqlResult<Option<Vec<Group>>> {
+    async fn groups_by_name(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        domain_name: Option<String>,
+    ) -> GqlResult<Option<Vec<Group>>> {
         let rc = rc(ctx);
         let domain_name = match rc.role() {
             UserRole::Superadmin => domain_name,
             UserRole::Admin => {
-                if domain_name.as_ref().is_some_and(|d| d != &rc.user.domain_name) {
+                if domain_name
+                    .as_ref()
+                    .is_some_and(|d| d != &rc.user.domain_name)
+                {
                     return Err(insufficient_privilege());
                 }
                 Some(rc.user.domain_name.clone())
@@ -648,7 +781,10 @@ impl Queries {
         if let Some(d) = domain_name {
             w.eq(&mut sql, "g.domain_name", Bind::Text(d));
         }
-        sql.text = format!("SELECT {GROUP_COLS} FROM groups g{} ORDER BY g.domain_name", w.render());
+        sql.text = format!(
+            "SELECT {GROUP_COLS} FROM groups g{} ORDER BY g.domain_name",
+            w.render()
+        );
         let rows: Vec<GroupRow> = fetch_all(rc, &sql).await?;
         Ok(Some(with_group_sgroups(rc, ctx, rows).await?))
     }
@@ -667,7 +803,10 @@ impl Queries {
         };
         let canonical = info.canonical();
         let visible = visible_images(rc).await?;
-        match visible.into_iter().find(|i| i.info.canonical() == canonical) {
+        match visible
+            .into_iter()
+            .find(|i| i.info.canonical() == canonical)
+        {
             Some(img) => Ok(Some(img)),
             None => Err(gql_err(ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -677,7 +816,12 @@ impl Queries {
         }
     }
 
-    async fn images(&self, ctx: &Context<'_>, is_installed: Option<bool>, is_operation: Option<bool>) -> GqlResult<Option<Vec<Image>>> {
+    async fn images(
+        &self,
+        ctx: &Context<'_>,
+        is_installed: Option<bool>,
+        is_operation: Option<bool>,
+    ) -> GqlResult<Option<Vec<Image>>> {
         let rc = rc(ctx);
         let mut items = visible_images(rc).await?;
         if let Some(inst) = is_installed {
@@ -691,12 +835,21 @@ impl Queries {
 
     // ------------------------------------------------------------------ users
 
-    async fn user(&self, ctx: &Context<'_>, domain_name: Option<String>, email: Option<String>) -> GqlResult<Option<User>> {
+    async fn user(
+        &self,
+        ctx: &Context<'_>,
+        domain_name: Option<String>,
+        email: Option<String>,
+    ) -> GqlResult<Option<User>> {
         let rc = rc(ctx);
         let scope = scoped(rc, domain_name, email, UserKey::Email, true)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
-        w.eq(&mut sql, "u.email", Bind::Text(scope.user_key.unwrap_or_default()));
+        w.eq(
+            &mut sql,
+            "u.email",
+            Bind::Text(scope.user_key.unwrap_or_default()),
+        );
         if let Some(d) = scope.domain_name {
             w.eq(&mut sql, "u.domain_name", Bind::Text(d));
         }
@@ -704,7 +857,12 @@ impl Queries {
         Ok(fetch_opt::<UserRow>(rc, &sql).await?.map(User::from))
     }
 
-    async fn user_from_uuid(&self, ctx: &Context<'_>, domain_name: Option<String>, user_id: Option<async_graphql::ID>) -> GqlResult<Option<User>> {
+    async fn user_from_uuid(
+        &self,
+        ctx: &Context<'_>,
+        domain_name: Option<String>,
+        user_id: Option<async_graphql::ID>,
+    ) -> GqlResult<Option<User>> {
         let rc = rc(ctx);
         let scope = scoped(rc, domain_name, user_id.map(|i| i.0), UserKey::Uuid, true)?;
         let uuid = parse_uuid(&scope.user_key.unwrap_or_default(), "user_id")?;
@@ -731,7 +889,10 @@ impl Queries {
         let mut sql = Sql::default();
         let mut w = Where::default();
         user_where(&mut sql, &mut w, domain_name, group_id, is_active, status)?;
-        sql.text = format!("SELECT {USER_COLS} FROM users u{} ORDER BY u.created_at DESC LIMIT 100", w.render());
+        sql.text = format!(
+            "SELECT {USER_COLS} FROM users u{} ORDER BY u.created_at DESC LIMIT 100",
+            w.render()
+        );
         let rows: Vec<UserRow> = fetch_all(rc, &sql).await?;
         Ok(Some(with_user_groups(rc, ctx, rows, &["groups"]).await?))
     }
@@ -752,14 +913,28 @@ impl Queries {
         status: Option<String>,
     ) -> GqlResult<UserList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let domain_name = users_scope(rc, domain_name)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
         user_where(&mut sql, &mut w, domain_name, group_id, is_active, status)?;
-        let ord = args.apply(&mut sql, &mut w, USER_FIELDS, USER_FIELDS, "u.created_at DESC")?;
-        let (rows, total) = paginate::<UserRow>(rc, sql, USER_COLS, "users u", &w, &ord, limit, offset).await?;
+        let ord = args.apply(
+            &mut sql,
+            &mut w,
+            USER_FIELDS,
+            USER_FIELDS,
+            "u.created_at DESC",
+        )?;
+        let (rows, total) =
+            paginate::<UserRow>(rc, sql, USER_COLS, "users u", &w, &ord, limit, offset).await?;
         Ok(UserList {
             items: with_user_groups(rc, ctx, rows, &["items", "groups"]).await?,
             total_count: total,
@@ -768,17 +943,28 @@ impl Queries {
 
     // ------------------------------------------------------------------ keypairs
 
-    async fn keypair(&self, ctx: &Context<'_>, domain_name: Option<String>, access_key: Option<String>) -> GqlResult<Option<KeyPair>> {
+    async fn keypair(
+        &self,
+        ctx: &Context<'_>,
+        domain_name: Option<String>,
+        access_key: Option<String>,
+    ) -> GqlResult<Option<KeyPair>> {
         let rc = rc(ctx);
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, true)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
-        w.eq(&mut sql, "k.access_key", Bind::Text(scope.user_key.unwrap_or_default()));
+        w.eq(
+            &mut sql,
+            "k.access_key",
+            Bind::Text(scope.user_key.unwrap_or_default()),
+        );
         if let Some(d) = scope.domain_name {
             w.eq(&mut sql, "u.domain_name", Bind::Text(d));
         }
         sql.text = format!("SELECT {KEYPAIR_COLS} FROM {KEYPAIR_FROM}{}", w.render());
-        Ok(fetch_opt::<KeyPairRow>(rc, &sql).await?.map(|row| KeyPair { row }))
+        Ok(fetch_opt::<KeyPairRow>(rc, &sql)
+            .await?
+            .map(|row| KeyPair { row }))
     }
 
     async fn keypairs(
@@ -793,7 +979,13 @@ impl Queries {
         let capped = scope.user_key.is_none();
         let mut sql = Sql::default();
         let mut w = Where::default();
-        keypair_where(&mut sql, &mut w, scope.domain_name, scope.user_key, is_active);
+        keypair_where(
+            &mut sql,
+            &mut w,
+            scope.domain_name,
+            scope.user_key,
+            is_active,
+        );
         sql.text = format!(
             "SELECT {KEYPAIR_COLS} FROM {KEYPAIR_FROM}{} ORDER BY k.created_at DESC{}",
             w.render(),
@@ -818,14 +1010,35 @@ impl Queries {
         is_active: Option<bool>,
     ) -> GqlResult<KeyPairList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let scope = scoped(rc, domain_name, email, UserKey::Email, false)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
-        keypair_where(&mut sql, &mut w, scope.domain_name, scope.user_key, is_active);
-        let ord = args.apply(&mut sql, &mut w, KEYPAIR_FIELDS, KEYPAIR_FIELDS, "k.created_at DESC")?;
-        let (rows, total) = paginate::<KeyPairRow>(rc, sql, KEYPAIR_COLS, KEYPAIR_FROM, &w, &ord, limit, offset).await?;
+        keypair_where(
+            &mut sql,
+            &mut w,
+            scope.domain_name,
+            scope.user_key,
+            is_active,
+        );
+        let ord = args.apply(
+            &mut sql,
+            &mut w,
+            KEYPAIR_FIELDS,
+            KEYPAIR_FIELDS,
+            "k.created_at DESC",
+        )?;
+        let (rows, total) =
+            paginate::<KeyPairRow>(rc, sql, KEYPAIR_COLS, KEYPAIR_FROM, &w, &ord, limit, offset)
+                .await?;
         Ok(KeyPairList {
             items: rows.into_iter().map(|row| KeyPair { row }).collect(),
             total_count: total,
@@ -834,7 +1047,11 @@ impl Queries {
 
     // ------------------------------------------------------------------ policies & presets
 
-    async fn keypair_resource_policy(&self, ctx: &Context<'_>, name: Option<String>) -> GqlResult<Option<KeyPairResourcePolicy>> {
+    async fn keypair_resource_policy(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+    ) -> GqlResult<Option<KeyPairResourcePolicy>> {
         let rc = rc(ctx);
         let mut sql = Sql::default();
         match name {
@@ -847,18 +1064,27 @@ impl Queries {
             }
             Some(n) => {
                 let p = sql.bind(Bind::Text(n));
-                sql.text = format!("SELECT {POLICY_COLS} FROM keypair_resource_policies p WHERE p.name = {p}");
+                sql.text = format!(
+                    "SELECT {POLICY_COLS} FROM keypair_resource_policies p WHERE p.name = {p}"
+                );
             }
         }
-        Ok(fetch_opt::<PolicyRow>(rc, &sql).await?.map(|row| KeyPairResourcePolicy { row }))
+        Ok(fetch_opt::<PolicyRow>(rc, &sql)
+            .await?
+            .map(|row| KeyPairResourcePolicy { row }))
     }
 
-    async fn keypair_resource_policies(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<KeyPairResourcePolicy>>> {
+    async fn keypair_resource_policies(
+        &self,
+        ctx: &Context<'_>,
+    ) -> GqlResult<Option<Vec<KeyPairResourcePolicy>>> {
         let rc = rc(ctx);
         let mut sql = Sql::default();
         match rc.role() {
             UserRole::Superadmin | UserRole::Admin => {
-                sql.text = format!("SELECT {POLICY_COLS} FROM keypair_resource_policies p ORDER BY p.name");
+                sql.text = format!(
+                    "SELECT {POLICY_COLS} FROM keypair_resource_policies p ORDER BY p.name"
+                );
             }
             UserRole::User => {
                 let p = sql.bind(Bind::Text(rc.user.access_key.clone()));
@@ -871,48 +1097,82 @@ impl Queries {
             UserRole::Monitor => return Err(unknown_role()),
         }
         let rows: Vec<PolicyRow> = fetch_all(rc, &sql).await?;
-        Ok(Some(rows.into_iter().map(|row| KeyPairResourcePolicy { row }).collect()))
+        Ok(Some(
+            rows.into_iter()
+                .map(|row| KeyPairResourcePolicy { row })
+                .collect(),
+        ))
     }
 
-    async fn resource_preset(&self, ctx: &Context<'_>, name: Option<String>) -> GqlResult<Option<ResourcePreset>> {
+    async fn resource_preset(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+    ) -> GqlResult<Option<ResourcePreset>> {
         let rc = rc(ctx);
         let Some(name) = name else {
             return Err(invalid_params("name is required"));
         };
-        let mut sql = Sql::new("SELECT name, resource_slots, shared_memory FROM resource_presets WHERE name = ");
+        let mut sql = Sql::new(
+            "SELECT name, resource_slots, shared_memory FROM resource_presets WHERE name = ",
+        );
         sql.push_bind(Bind::Text(name));
-        Ok(fetch_opt::<PresetRow>(rc, &sql).await?.map(|row| ResourcePreset { row }))
+        Ok(fetch_opt::<PresetRow>(rc, &sql)
+            .await?
+            .map(|row| ResourcePreset { row }))
     }
 
     async fn resource_presets(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<ResourcePreset>>> {
         let rc = rc(ctx);
-        let sql = Sql::new("SELECT name, resource_slots, shared_memory FROM resource_presets ORDER BY name");
+        let sql = Sql::new(
+            "SELECT name, resource_slots, shared_memory FROM resource_presets ORDER BY name",
+        );
         let rows: Vec<PresetRow> = fetch_all(rc, &sql).await?;
-        Ok(Some(rows.into_iter().map(|row| ResourcePreset { row }).collect()))
+        Ok(Some(
+            rows.into_iter().map(|row| ResourcePreset { row }).collect(),
+        ))
     }
 
     // ------------------------------------------------------------------ scaling groups
 
-    async fn scaling_group(&self, ctx: &Context<'_>, name: Option<String>) -> GqlResult<Option<ScalingGroup>> {
+    async fn scaling_group(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+    ) -> GqlResult<Option<ScalingGroup>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         let Some(name) = name else {
             return Err(invalid_params("name is required"));
         };
-        let mut sql = Sql::new(format!("SELECT {SGROUP_COLS} FROM scaling_groups s WHERE s.name = "));
+        let mut sql = Sql::new(format!(
+            "SELECT {SGROUP_COLS} FROM scaling_groups s WHERE s.name = "
+        ));
         sql.push_bind(Bind::Text(name));
-        Ok(fetch_opt::<ScalingGroupRow>(rc, &sql).await?.map(|row| ScalingGroup { row }))
+        Ok(fetch_opt::<ScalingGroupRow>(rc, &sql)
+            .await?
+            .map(|row| ScalingGroup { row }))
     }
 
     /// `name` is accepted and ignored, as in 21.03.
-    async fn scaling_groups(&self, ctx: &Context<'_>, name: Option<String>, is_active: Option<bool>) -> GqlResult<Option<Vec<ScalingGroup>>> {
+    async fn scaling_groups(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<ScalingGroup>>> {
         let _ = name;
         let rc = rc(ctx);
         rc.require_superadmin()?;
         Ok(Some(sgroups_where(rc, "", None, is_active).await?))
     }
 
-    async fn scaling_groups_for_domain(&self, ctx: &Context<'_>, domain: String, is_active: Option<bool>) -> GqlResult<Option<Vec<ScalingGroup>>> {
+    async fn scaling_groups_for_domain(
+        &self,
+        ctx: &Context<'_>,
+        domain: String,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<ScalingGroup>>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         Ok(Some(
@@ -927,7 +1187,12 @@ impl Queries {
     }
 
     /// Had no resolver in 21.03.6 (always null); answers properly here.
-    async fn scaling_groups_for_user_group(&self, ctx: &Context<'_>, user_group: String, is_active: Option<bool>) -> GqlResult<Option<Vec<ScalingGroup>>> {
+    async fn scaling_groups_for_user_group(
+        &self,
+        ctx: &Context<'_>,
+        user_group: String,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<ScalingGroup>>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         let gid = parse_uuid(&user_group, "user_group")?;
@@ -942,7 +1207,12 @@ impl Queries {
         ))
     }
 
-    async fn scaling_groups_for_keypair(&self, ctx: &Context<'_>, access_key: String, is_active: Option<bool>) -> GqlResult<Option<Vec<ScalingGroup>>> {
+    async fn scaling_groups_for_keypair(
+        &self,
+        ctx: &Context<'_>,
+        access_key: String,
+        is_active: Option<bool>,
+    ) -> GqlResult<Option<Vec<ScalingGroup>>> {
         let rc = rc(ctx);
         rc.require_superadmin()?;
         Ok(Some(
@@ -960,7 +1230,11 @@ impl Queries {
 
     /// Volumes come from the storage proxies, which this deployment does not run yet:
     /// no volume is known, so this is null.
-    async fn storage_volume(&self, ctx: &Context<'_>, id: Option<String>) -> GqlResult<Option<StorageVolume>> {
+    async fn storage_volume(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<String>,
+    ) -> GqlResult<Option<StorageVolume>> {
         let _ = id;
         rc(ctx).require_superadmin()?;
         Ok(None)
@@ -999,10 +1273,19 @@ impl Queries {
         access_key: Option<String>,
     ) -> GqlResult<VirtualFolderList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let (sql, w, ord) = vfolder_query(rc, &args, domain_name, group_id, access_key).await?;
-        let (rows, total) = paginate::<VFolderRow>(rc, sql, VFOLDER_COLS, VFOLDER_FROM, &w, &ord, limit, offset).await?;
+        let (rows, total) =
+            paginate::<VFolderRow>(rc, sql, VFOLDER_COLS, VFOLDER_FROM, &w, &ord, limit, offset)
+                .await?;
         Ok(VirtualFolderList {
             items: rows.into_iter().map(|row| VirtualFolder { row }).collect(),
             total_count: total,
@@ -1028,13 +1311,22 @@ impl Queries {
         };
         let gid = group_id.map(|g| parse_uuid(&g, "group_id")).transpose()?;
         let (sql, w, ord) = vfolder_query(rc, &args, domain_name, gid, access_key).await?;
-        let (rows, _) = paginate::<VFolderRow>(rc, sql, VFOLDER_COLS, VFOLDER_FROM, &w, &ord, 100, 0).await?;
-        Ok(Some(rows.into_iter().map(|row| VirtualFolder { row }).collect()))
+        let (rows, _) =
+            paginate::<VFolderRow>(rc, sql, VFOLDER_COLS, VFOLDER_FROM, &w, &ord, 100, 0).await?;
+        Ok(Some(
+            rows.into_iter().map(|row| VirtualFolder { row }).collect(),
+        ))
     }
 
     // ------------------------------------------------------------------ sessions
 
-    async fn compute_session(&self, ctx: &Context<'_>, id: Uuid, domain_name: Option<String>, access_key: Option<String>) -> GqlResult<Option<ComputeSession>> {
+    async fn compute_session(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        domain_name: Option<String>,
+        access_key: Option<String>,
+    ) -> GqlResult<Option<ComputeSession>> {
         let rc = rc(ctx);
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, false)?;
         let mut sql = Sql::default();
@@ -1043,11 +1335,19 @@ impl Queries {
         w.add("k.cluster_role = 'main'");
         kernel_scope_where(&mut sql, &mut w, scope.domain_name, None, scope.user_key)?;
         sql.text = format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM}{}", w.render());
-        Ok(fetch_opt::<KernelRow>(rc, &sql).await?.map(|row| ComputeSession { row }))
+        Ok(fetch_opt::<KernelRow>(rc, &sql)
+            .await?
+            .map(|row| ComputeSession { row }))
     }
 
     /// Broken in 21.03.6 (resolver parameter mismatch); works here, with session scoping.
-    async fn compute_container(&self, ctx: &Context<'_>, id: Uuid, domain_name: Option<String>, access_key: Option<String>) -> GqlResult<Option<ComputeContainer>> {
+    async fn compute_container(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        domain_name: Option<String>,
+        access_key: Option<String>,
+    ) -> GqlResult<Option<ComputeContainer>> {
         let rc = rc(ctx);
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, false)?;
         let mut sql = Sql::default();
@@ -1055,7 +1355,9 @@ impl Queries {
         w.eq(&mut sql, "k.id", Bind::Uuid(id));
         kernel_scope_where(&mut sql, &mut w, scope.domain_name, None, scope.user_key)?;
         sql.text = format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM}{}", w.render());
-        Ok(fetch_opt::<KernelRow>(rc, &sql).await?.map(|row| ComputeContainer { row }))
+        Ok(fetch_opt::<KernelRow>(rc, &sql)
+            .await?
+            .map(|row| ComputeContainer { row }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1074,20 +1376,41 @@ impl Queries {
         status: Option<String>,
     ) -> GqlResult<ComputeSessionList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, false)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
         w.add("k.cluster_role = 'main'");
-        kernel_scope_where(&mut sql, &mut w, scope.domain_name, group_id, scope.user_key)?;
+        kernel_scope_where(
+            &mut sql,
+            &mut w,
+            scope.domain_name,
+            group_id,
+            scope.user_key,
+        )?;
         if let Some(st) = status {
             let list = parse_statuses(&st, KERNEL_STATUSES)?;
             let p = sql.bind(Bind::TextArr(list));
             w.add(format!("k.status::text = ANY({p})"));
         }
-        let ord = args.apply(&mut sql, &mut w, SESSION_FIELDS, KERNEL_ORDER_KEYS, KERNEL_DEFAULT_ORDER)?;
-        let (rows, total) = paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset).await?;
+        let ord = args.apply(
+            &mut sql,
+            &mut w,
+            SESSION_FIELDS,
+            KERNEL_ORDER_KEYS,
+            KERNEL_DEFAULT_ORDER,
+        )?;
+        let (rows, total) =
+            paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset)
+                .await?;
         Ok(ComputeSessionList {
             items: rows.into_iter().map(|row| ComputeSession { row }).collect(),
             total_count: total,
@@ -1110,20 +1433,42 @@ impl Queries {
         access_key: Option<String>,
     ) -> GqlResult<ComputeContainerList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter, order };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter,
+            order,
+        };
         args.check()?;
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, false)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
-        w.eq(&mut sql, "k.session_id", Bind::Uuid(parse_uuid(&session_id, "session_id")?));
+        w.eq(
+            &mut sql,
+            "k.session_id",
+            Bind::Uuid(parse_uuid(&session_id, "session_id")?),
+        );
         if let Some(r) = role {
             w.eq(&mut sql, "k.cluster_role", Bind::Text(r));
         }
         kernel_scope_where(&mut sql, &mut w, scope.domain_name, None, scope.user_key)?;
-        let ord = args.apply(&mut sql, &mut w, CONTAINER_FIELDS, KERNEL_ORDER_KEYS, "k.cluster_role DESC, k.cluster_idx ASC")?;
-        let (rows, total) = paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset).await?;
+        let ord = args.apply(
+            &mut sql,
+            &mut w,
+            CONTAINER_FIELDS,
+            KERNEL_ORDER_KEYS,
+            "(k.cluster_role = 'main') DESC, k.cluster_role ASC, k.cluster_idx ASC",
+        )?;
+        let (rows, total) =
+            paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset)
+                .await?;
         Ok(ComputeContainerList {
-            items: rows.into_iter().map(|row| ComputeContainer { row }).collect(),
+            items: rows
+                .into_iter()
+                .map(|row| ComputeContainer { row })
+                .collect(),
             total_count: total,
         })
     }
@@ -1142,19 +1487,40 @@ impl Queries {
         status: Option<String>,
     ) -> GqlResult<LegacyComputeSessionList> {
         let rc = rc(ctx);
-        let args = ListArgs { limit, offset, order_key, order_asc, filter: None, order: None };
+        let args = ListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            filter: None,
+            order: None,
+        };
         args.check()?;
         let scope = scoped(rc, domain_name, access_key, UserKey::AccessKey, false)?;
         let mut sql = Sql::default();
         let mut w = Where::default();
-        kernel_scope_where(&mut sql, &mut w, scope.domain_name, group_id, scope.user_key)?;
+        kernel_scope_where(
+            &mut sql,
+            &mut w,
+            scope.domain_name,
+            group_id,
+            scope.user_key,
+        )?;
         if let Some(st) = status {
             let list = parse_statuses(&st, KERNEL_STATUSES)?;
             let p = sql.bind(Bind::TextArr(list));
             w.add(format!("k.status::text = ANY({p})"));
         }
-        let ord = args.apply(&mut sql, &mut w, SESSION_FIELDS, KERNEL_ORDER_KEYS, KERNEL_DEFAULT_ORDER)?;
-        let (rows, total) = paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset).await?;
+        let ord = args.apply(
+            &mut sql,
+            &mut w,
+            SESSION_FIELDS,
+            KERNEL_ORDER_KEYS,
+            KERNEL_DEFAULT_ORDER,
+        )?;
+        let (rows, total) =
+            paginate::<KernelRow>(rc, sql, KERNEL_COLS, KERNEL_FROM, &w, &ord, limit, offset)
+                .await?;
         Ok(LegacyComputeSessionList {
             items: rows.into_iter().map(LegacyComputeSession::from).collect(),
             total_count: total,
@@ -1176,8 +1542,13 @@ impl Queries {
         w.eq(&mut sql, "k.session_name", Bind::Text(sess_id));
         w.add("k.cluster_role = 'main' AND k.status = 'RUNNING'");
         kernel_scope_where(&mut sql, &mut w, scope.domain_name, None, scope.user_key)?;
-        sql.text = format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM}{} LIMIT 1", w.render());
-        Ok(fetch_opt::<KernelRow>(rc, &sql).await?.map(LegacyComputeSession::from))
+        sql.text = format!(
+            "SELECT {KERNEL_COLS} FROM {KERNEL_FROM}{} LIMIT 1",
+            w.render()
+        );
+        Ok(fetch_opt::<KernelRow>(rc, &sql)
+            .await?
+            .map(LegacyComputeSession::from))
     }
 }
 
@@ -1194,12 +1565,16 @@ async fn vfolder_query(
 ) -> GqlResult<(Sql, Where, String)> {
     let owner: Option<String> = match access_key {
         Some(ak) => {
-            let row: Option<(Uuid,)> = sqlx::query_as("SELECT \"user\" FROM keypairs WHERE access_key = $1")
-                .bind(&ak)
-                .fetch_optional(&mut **rc.db().await?)
-                .await
-                .map_err(db_err)?;
-            Some(row.map(|r| r.0.to_string()).unwrap_or_else(|| Uuid::nil().to_string()))
+            let row: Option<(Uuid,)> =
+                sqlx::query_as("SELECT \"user\" FROM keypairs WHERE access_key = $1")
+                    .bind(&ak)
+                    .fetch_optional(&mut **rc.db().await?)
+                    .await
+                    .map_err(db_err)?;
+            Some(
+                row.map(|r| r.0.to_string())
+                    .unwrap_or_else(|| Uuid::nil().to_string()),
+            )
         }
         None => None,
     };
@@ -1207,7 +1582,11 @@ async fn vfolder_query(
     let mut sql = Sql::default();
     let mut w = Where::default();
     if let Some(d) = scope.domain_name {
-        w.eq(&mut sql, "coalesce(u.domain_name, gr.domain_name)", Bind::Text(d));
+        w.eq(
+            &mut sql,
+            "coalesce(u.domain_name, gr.domain_name)",
+            Bind::Text(d),
+        );
     }
     if let Some(g) = group_id {
         w.eq(&mut sql, "v.\"group\"", Bind::Uuid(g));
@@ -1215,6 +1594,12 @@ async fn vfolder_query(
     if let Some(u) = scope.user_key {
         w.eq(&mut sql, "v.\"user\"", Bind::Uuid(parse_uuid(&u, "user")?));
     }
-    let ord = args.apply(&mut sql, &mut w, VFOLDER_FIELDS, VFOLDER_FIELDS, "v.created_at ASC")?;
+    let ord = args.apply(
+        &mut sql,
+        &mut w,
+        VFOLDER_FIELDS,
+        VFOLDER_FIELDS,
+        "v.created_at ASC",
+    )?;
     Ok((sql, w, ord))
 }

@@ -197,13 +197,19 @@ mod tests {
         assert_eq!(v, serde_json::json!({"cpu": 4}));
         let v = decode_json_input(serde_json::json!("\"plain\"")).unwrap();
         assert_eq!(v, serde_json::json!("plain"));
-        assert_eq!(python_json(&serde_json::json!({"a": [1, "x"], "b": null})), "{\"a\": [1, \"x\"], \"b\": null}");
+        assert_eq!(
+            python_json(&serde_json::json!({"a": [1, "x"], "b": null})),
+            "{\"a\": [1, \"x\"], \"b\": null}"
+        );
     }
 
     #[test]
     fn bigint_and_datetime() {
         assert_eq!(serde_json::to_string(&bigint_value(5)).unwrap(), "5");
-        assert_eq!(serde_json::to_string(&bigint_value(1099511627776)).unwrap(), "1099511627776.0");
+        assert_eq!(
+            serde_json::to_string(&bigint_value(1099511627776)).unwrap(),
+            "1099511627776.0"
+        );
         let t = Utc.with_ymd_and_hms(2021, 6, 7, 1, 2, 3).unwrap();
         assert_eq!(isoformat(&t), "2021-06-07T01:02:03+00:00");
         let t = t + chrono::Duration::microseconds(456789);

@@ -116,7 +116,9 @@ pub fn slot_f64(slots: &Value, key: &str) -> f64 {
 pub fn sum_slots<'a>(items: impl IntoIterator<Item = &'a Value>) -> Value {
     let mut acc: Vec<(String, Decimal)> = Vec::new();
     for slots in items {
-        let Some(map) = slots.as_object() else { continue };
+        let Some(map) = slots.as_object() else {
+            continue;
+        };
         for (k, v) in map {
             let d = match v {
                 Value::String(s) => Decimal::from_str(s).ok(),
@@ -144,12 +146,22 @@ mod tests {
 
     #[test]
     fn slots() {
-        let v = parse_slots(&json!({"cpu": 4, "mem": "4g", "cuda.shares": "0.3333", "x": null})).unwrap();
-        assert_eq!(v, json!({"cpu": "4", "mem": "4294967296", "cuda.shares": "0.333"}));
+        let v = parse_slots(&json!({"cpu": 4, "mem": "4g", "cuda.shares": "0.3333", "x": null}))
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"cpu": "4", "mem": "4294967296", "cuda.shares": "0.333"})
+        );
         let v = parse_slots(&json!({"mem": "1.5g", "cpu": "inf"})).unwrap();
         assert_eq!(v, json!({"mem": "1610612736", "cpu": "Infinity"}));
-        assert_eq!(parse_binary_size("512MiB").unwrap(), Some(Decimal::from(512 * 1024 * 1024)));
-        assert_eq!(parse_binary_size("1073741824").unwrap(), Some(Decimal::from(1073741824i64)));
+        assert_eq!(
+            parse_binary_size("512MiB").unwrap(),
+            Some(Decimal::from(512 * 1024 * 1024))
+        );
+        assert_eq!(
+            parse_binary_size("1073741824").unwrap(),
+            Some(Decimal::from(1073741824i64))
+        );
         assert!(parse_slots(&json!({"cpu": "abc"})).is_err());
         assert_eq!(
             sum_slots([&json!({"cpu": "1", "mem": "1024"}), &json!({"cpu": "0.5"})]),

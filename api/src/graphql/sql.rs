@@ -231,17 +231,26 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Str(v));
             }
-            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+            c if c.is_ascii_digit()
+                || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
                 let start = i;
                 i += 1;
-                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == 'e' || chars[i] == 'E') {
+                while i < chars.len()
+                    && (chars[i].is_ascii_digit()
+                        || chars[i] == '.'
+                        || chars[i] == 'e'
+                        || chars[i] == 'E')
+                {
                     i += 1;
                 }
                 out.push(Tok::Num(chars[start..i].iter().collect()));
             }
             c if c.is_alphabetic() || c == '_' => {
                 let start = i;
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -358,9 +367,14 @@ impl Parser<'_> {
                 Ok(i) => Bind::I64(i),
                 Err(_) => Bind::F64(n.parse().map_err(|_| format!("invalid number {n}"))?),
             },
-            (Kind::Int, Lit::Str(s)) => Bind::I64(s.parse().map_err(|_| format!("invalid integer {s}"))?),
+            (Kind::Int, Lit::Str(s)) => {
+                Bind::I64(s.parse().map_err(|_| format!("invalid integer {s}"))?)
+            }
             (Kind::Bool, Lit::Bool(b)) => Bind::Bool(*b),
-            (Kind::Bool, Lit::Str(s)) => Bind::Bool(matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes")),
+            (Kind::Bool, Lit::Str(s)) => Bind::Bool(matches!(
+                s.to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes"
+            )),
             (Kind::Timestamp, Lit::Str(s)) => {
                 let p = self.sql.bind(Bind::Text(s.clone()));
                 return Ok(format!("{p}::timestamptz"));
@@ -379,11 +393,15 @@ impl Parser<'_> {
             Some(Tok::Ident(n)) => n,
             other => return Err(format!("expected a field name, found {other:?}")),
         };
-        let &(_, expr, kind) =
-            lookup(self.fields, &name).ok_or_else(|| format!("unknown or unfilterable field: {name}"))?;
+        let &(_, expr, kind) = lookup(self.fields, &name)
+            .ok_or_else(|| format!("unknown or unfilterable field: {name}"))?;
         let op = match self.next() {
             Some(Tok::Op(op)) => op,
-            other => return Err(format!("expected an operator after {name}, found {other:?}")),
+            other => {
+                return Err(format!(
+                    "expected an operator after {name}, found {other:?}"
+                ))
+            }
         };
         let lit = self.literal()?;
         let cond = match op {
@@ -471,7 +489,8 @@ pub fn compile_order(order: &str, fields: &[Field]) -> Result<String, String> {
         } else {
             (false, item.strip_prefix('+').unwrap_or(item).trim())
         };
-        let &(_, expr, _) = lookup(fields, name).ok_or_else(|| format!("unknown or unorderable field: {name}"))?;
+        let &(_, expr, _) =
+            lookup(fields, name).ok_or_else(|| format!("unknown or unorderable field: {name}"))?;
         parts.push(format!("{expr} {}", if desc { "DESC" } else { "ASC" }));
     }
     Ok(parts.join(", "))
@@ -510,11 +529,20 @@ mod tests {
         );
         assert_eq!(sql.binds.len(), 5);
         let mut sql = Sql::default();
-        assert_eq!(compile_filter("name is null", F, &mut sql).unwrap(), "k.session_name IS NULL");
-        assert_eq!(compile_filter("is_active isnot true", F, &mut sql).unwrap(), "u.is_active IS NOT TRUE");
+        assert_eq!(
+            compile_filter("name is null", F, &mut sql).unwrap(),
+            "k.session_name IS NULL"
+        );
+        assert_eq!(
+            compile_filter("is_active isnot true", F, &mut sql).unwrap(),
+            "u.is_active IS NOT TRUE"
+        );
         assert!(compile_filter("password == \"x\"", F, &mut sql).is_err());
         assert!(compile_filter("name == ", F, &mut sql).is_err());
-        assert_eq!(compile_order("-created_at, name", F).unwrap(), "k.created_at DESC, k.session_name ASC");
+        assert_eq!(
+            compile_order("-created_at, name", F).unwrap(),
+            "k.created_at DESC, k.session_name ASC"
+        );
         assert!(compile_order("secret", F).is_err());
     }
 }

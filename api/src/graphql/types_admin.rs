@@ -55,7 +55,10 @@ impl From<DomainRow> for Domain {
 }
 
 /// Scaling-group names per domain, for many domains at once.
-pub async fn sgroups_for_domains(rc: &ReqCtx, names: &[String]) -> GqlResult<HashMap<String, Vec<String>>> {
+pub async fn sgroups_for_domains(
+    rc: &ReqCtx,
+    names: &[String],
+) -> GqlResult<HashMap<String, Vec<String>>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT domain, scaling_group FROM sgroups_for_domains WHERE domain = ANY($1) ORDER BY scaling_group",
     )
@@ -70,7 +73,10 @@ pub async fn sgroups_for_domains(rc: &ReqCtx, names: &[String]) -> GqlResult<Has
     Ok(out)
 }
 
-pub async fn sgroups_for_groups(rc: &ReqCtx, ids: &[Uuid]) -> GqlResult<HashMap<Uuid, Vec<String>>> {
+pub async fn sgroups_for_groups(
+    rc: &ReqCtx,
+    ids: &[Uuid],
+) -> GqlResult<HashMap<Uuid, Vec<String>>> {
     let rows: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT \"group\", scaling_group FROM sgroups_for_groups WHERE \"group\" = ANY($1) ORDER BY scaling_group",
     )
@@ -125,7 +131,8 @@ impl Domain {
 
 // ------------------------------------------------------------------------------- Group
 
-pub const GROUP_COLS: &str = "g.id, g.name, g.description, g.is_active, g.created_at, g.modified_at, \
+pub const GROUP_COLS: &str =
+    "g.id, g.name, g.description, g.is_active, g.created_at, g.modified_at, \
     g.integration_id, g.domain_name, g.total_resource_slots, g.allowed_vfolder_hosts";
 
 #[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
@@ -239,7 +246,10 @@ impl From<UserRow> for User {
     }
 }
 
-pub async fn groups_of_users(rc: &ReqCtx, ids: &[Uuid]) -> GqlResult<HashMap<Uuid, Vec<UserGroup>>> {
+pub async fn groups_of_users(
+    rc: &ReqCtx,
+    ids: &[Uuid],
+) -> GqlResult<HashMap<Uuid, Vec<UserGroup>>> {
     let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
         "SELECT a.user_id, g.id, g.name FROM association_groups_users a \
          JOIN groups g ON g.id = a.group_id WHERE a.user_id = ANY($1) ORDER BY g.name",
@@ -447,8 +457,13 @@ impl KeyPair {
         }))
     }
     /// The owner's virtual folders (broken in 21.03.6, working here).
-    async fn vfolders(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<super::types_infra::VirtualFolder>>> {
-        super::types_infra::VirtualFolder::of_user(rc(ctx), self.row.user).await.map(Some)
+    async fn vfolders(
+        &self,
+        ctx: &Context<'_>,
+    ) -> GqlResult<Option<Vec<super::types_infra::VirtualFolder>>> {
+        super::types_infra::VirtualFolder::of_user(rc(ctx), self.row.user)
+            .await
+            .map(Some)
     }
     /// Sessions of this keypair (broken in 21.03.6, working here).
     async fn compute_sessions(
@@ -464,7 +479,8 @@ impl KeyPair {
 
 // --------------------------------------------------------------- KeyPairResourcePolicy
 
-pub const POLICY_COLS: &str = "p.name, p.created_at, p.default_for_unspecified::text AS default_for_unspecified, \
+pub const POLICY_COLS: &str =
+    "p.name, p.created_at, p.default_for_unspecified::text AS default_for_unspecified, \
     p.total_resource_slots, p.max_concurrent_sessions, p.max_containers_per_session, \
     p.max_vfolder_count, p.max_vfolder_size, p.idle_timeout, p.allowed_vfolder_hosts";
 

@@ -25,7 +25,8 @@ pub const KERNEL_FROM: &str =
     "kernels k LEFT JOIN groups g ON g.id = k.group_id LEFT JOIN users u ON u.uuid = k.user_uuid";
 
 /// `greatest(created_at, terminated_at, status_changed)`: the default order of sessions.
-pub const KERNEL_DEFAULT_ORDER: &str = "greatest(k.created_at, k.terminated_at, k.status_changed) DESC";
+pub const KERNEL_DEFAULT_ORDER: &str =
+    "greatest(k.created_at, k.terminated_at, k.status_changed) DESC";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KernelRow {
@@ -125,15 +126,29 @@ pub struct ComputeSession {
 }
 
 impl ComputeSession {
-    pub async fn of_access_key(rc: &ReqCtx, access_key: &str, status: Option<String>) -> GqlResult<Vec<Self>> {
+    pub async fn of_access_key(
+        rc: &ReqCtx,
+        access_key: &str,
+        status: Option<String>,
+    ) -> GqlResult<Vec<Self>> {
         let mut sql = Sql::new(format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM} WHERE k.cluster_role = 'main' AND k.access_key = "));
         sql.push_bind(Bind::Text(access_key.to_string()));
         if let Some(st) = status {
-            let list: Vec<String> = st.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            sql.push(" AND k.status::text = ANY(").push_bind(Bind::TextArr(list)).push(")");
+            let list: Vec<String> = st
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            sql.push(" AND k.status::text = ANY(")
+                .push_bind(Bind::TextArr(list))
+                .push(")");
         }
         sql.push(&format!(" ORDER BY {KERNEL_DEFAULT_ORDER}"));
-        Ok(fetch_kernels(rc, &sql).await?.into_iter().map(|row| Self { row }).collect())
+        Ok(fetch_kernels(rc, &sql)
+            .await?
+            .into_iter()
+            .map(|row| Self { row })
+            .collect())
     }
 }
 
@@ -235,29 +250,41 @@ impl ComputeSession {
         js(self.row.service_ports.clone())
     }
     async fn mounts(&self) -> Option<Vec<String>> {
-        Some(mounts_rows(&self.row.mounts).iter().map(|r| py_list_repr(r)).collect())
+        Some(
+            mounts_rows(&self.row.mounts)
+                .iter()
+                .map(|r| py_list_repr(r))
+                .collect(),
+        )
     }
     /// The sum over all kernels of the session.
     async fn occupied_slots(&self, ctx: &Context<'_>) -> GqlResult<Option<JsonString>> {
         if self.row.cluster_size <= 1 {
             return Ok(Some(JsonString(self.row.occupied_slots.clone())));
         }
-        let all: Vec<(Value,)> = sqlx::query_as("SELECT occupied_slots FROM kernels WHERE session_id = $1")
-            .bind(self.row.session_id)
-            .fetch_all(&mut **rc(ctx).db().await?)
-            .await
-            .map_err(db_err)?;
+        let all: Vec<(Value,)> =
+            sqlx::query_as("SELECT occupied_slots FROM kernels WHERE session_id = $1")
+                .bind(self.row.session_id)
+                .fetch_all(&mut **rc(ctx).db().await?)
+                .await
+                .map_err(db_err)?;
         Ok(Some(JsonString(sum_slots(all.iter().map(|(v,)| v)))))
     }
     async fn num_queries(&self) -> Option<BigInt> {
         Some(BigInt(self.row.num_queries.unwrap_or(0)))
     }
     async fn containers(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<ComputeContainer>>> {
-        let mut sql = Sql::new(format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM} WHERE k.session_id = "));
+        let mut sql = Sql::new(format!(
+            "SELECT {KERNEL_COLS} FROM {KERNEL_FROM} WHERE k.session_id = "
+        ));
         sql.push_bind(Bind::Uuid(self.row.session_id));
-        sql.push(" ORDER BY k.cluster_role DESC, k.cluster_idx");
+        sql.push(" ORDER BY (k.cluster_role = 'main') DESC, k.cluster_role, k.cluster_idx");
         let rows = fetch_kernels(rc(ctx), &sql).await?;
-        Ok(Some(rows.into_iter().map(|row| ComputeContainer { row }).collect()))
+        Ok(Some(
+            rows.into_iter()
+                .map(|row| ComputeContainer { row })
+                .collect(),
+        ))
     }
     async fn dependencies(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<ComputeSession>>> {
         let mut sql = Sql::new(format!(
@@ -266,7 +293,9 @@ impl ComputeSession {
         ));
         sql.push_bind(Bind::Uuid(self.row.id));
         let rows = fetch_kernels(rc(ctx), &sql).await?;
-        Ok(Some(rows.into_iter().map(|row| ComputeSession { row }).collect()))
+        Ok(Some(
+            rows.into_iter().map(|row| ComputeSession { row }).collect(),
+        ))
     }
 }
 
@@ -277,15 +306,31 @@ pub struct ComputeContainer {
 }
 
 impl ComputeContainer {
-    pub async fn of_agent(rc: &ReqCtx, agent: &str, status: Option<String>) -> GqlResult<Vec<Self>> {
-        let mut sql = Sql::new(format!("SELECT {KERNEL_COLS} FROM {KERNEL_FROM} WHERE k.agent = "));
+    pub async fn of_agent(
+        rc: &ReqCtx,
+        agent: &str,
+        status: Option<String>,
+    ) -> GqlResult<Vec<Self>> {
+        let mut sql = Sql::new(format!(
+            "SELECT {KERNEL_COLS} FROM {KERNEL_FROM} WHERE k.agent = "
+        ));
         sql.push_bind(Bind::Text(agent.to_string()));
         if let Some(st) = status {
-            let list: Vec<String> = st.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            sql.push(" AND k.status::text = ANY(").push_bind(Bind::TextArr(list)).push(")");
+            let list: Vec<String> = st
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            sql.push(" AND k.status::text = ANY(")
+                .push_bind(Bind::TextArr(list))
+                .push(")");
         }
         sql.push(" ORDER BY k.created_at");
-        Ok(fetch_kernels(rc, &sql).await?.into_iter().map(|row| Self { row }).collect())
+        Ok(fetch_kernels(rc, &sql)
+            .await?
+            .into_iter()
+            .map(|row| Self { row })
+            .collect())
     }
 }
 
@@ -496,7 +541,9 @@ impl LegacyComputeSession {
     }
     async fn live_stat(&self, ctx: &Context<'_>) -> Option<JsonString> {
         if self.row.status == "RUNNING" {
-            live_stat(rc(ctx), &self.row.id.to_string()).await.map(JsonString)
+            live_stat(rc(ctx), &self.row.id.to_string())
+                .await
+                .map(JsonString)
         } else {
             None
         }
@@ -565,9 +612,13 @@ impl LegacyComputeSession {
         Some(BigInt(self.metric(ctx, "/io_write/current").await as i64))
     }
     async fn io_max_scratch_size(&self, ctx: &Context<'_>) -> Option<BigInt> {
-        Some(BigInt(self.metric(ctx, "/io_scratch_size/stats.max").await as i64))
+        Some(BigInt(
+            self.metric(ctx, "/io_scratch_size/stats.max").await as i64,
+        ))
     }
     async fn io_cur_scratch_size(&self, ctx: &Context<'_>) -> Option<BigInt> {
-        Some(BigInt(self.metric(ctx, "/io_scratch_size/current").await as i64))
+        Some(BigInt(
+            self.metric(ctx, "/io_scratch_size/current").await as i64,
+        ))
     }
 }

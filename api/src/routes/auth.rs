@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::Auth;
+use crate::auth::{check_password, Auth};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::state::AppState;
@@ -37,14 +37,21 @@ fn credential_mismatch() -> ApiError {
 
 /// `POST /auth/authorize` (anonymous): email + password → the user's keypair, preferring
 /// an admin keypair, as `{"data": {access_key, secret_key, role, status}}`.
-pub async fn authorize(State(state): State<AppState>, Params(p): Params<AuthorizeParams>) -> ApiResult<Json<Value>> {
+pub async fn authorize(
+    State(state): State<AppState>,
+    Params(p): Params<AuthorizeParams>,
+) -> ApiResult<Json<Value>> {
     match p.kind.as_str() {
         "keypair" => {}
-        "jwt" => return Err(ApiError::invalid_api_params().with_msg("Unsupported authorization type")),
+        "jwt" => {
+            return Err(ApiError::invalid_api_params().with_msg("Unsupported authorization type"))
+        }
         other => {
             return Err(ApiError::invalid_api_params()
                 .with_msg("Input validation error")
-                .with_data(json!({ "type": format!("value doesn't match any variant: {other:?}") })))
+                .with_data(
+                    json!({ "type": format!("value doesn't match any variant: {other:?}") }),
+                ))
         }
     }
     let mut txn = state.db.begin_readonly().await?;
@@ -56,17 +63,13 @@ pub async fn authorize(State(state): State<AppState>, Params(p): Params<Authoriz
     .bind(&p.domain)
     .fetch_optional(&mut *txn)
     .await?;
-    let Some((uuid, Some(hash), status, role)) = user else {
-        return Err(credential_mismatch());
-    };
-    // bcrypt at cost 12 takes a few hundred ms of CPU: keep it off the async workers.
-    let password = p.password;
-    let ok = tokio::task::spawn_blocking(move || bai_core::keypair::verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal_from)?;
-    if !ok {
+    let hash = user.as_ref().and_then(|u| u.1.clone());
+    if !check_password(p.password, hash).await? {
         return Err(credential_mismatch());
     }
+    let Some((uuid, _, status, role)) = user else {
+        return Err(credential_mismatch());
+    };
     if status != "active" {
         return Err(ApiError::auth_failed().with_msg("Inactive user"));
     }
@@ -118,7 +121,8 @@ pub async fn role(
             .await?;
             txn.commit().await?;
             if member.is_none() {
-                return Err(ApiError::not_found().with_msg("No such project or you are not the member of it."));
+                return Err(ApiError::not_found()
+                    .with_msg("No such project or you are not the member of it."));
             }
             Some("user")
         }

@@ -24,14 +24,20 @@ fn etcd_err(e: anyhow::Error) -> ApiError {
 
 /// `GET /config/resource-slots` (anonymous): `{slot: "count"|"bytes"|"unique"}`.
 pub async fn resource_slots(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let known = slots::known_slot_types(&state.etcd).await.map_err(etcd_err)?;
+    let known = slots::known_slot_types(&state.etcd)
+        .await
+        .map_err(etcd_err)?;
     Ok(Json(json!(known)))
 }
 
 /// `GET /config/vfolder-types` (anonymous): the keys of etcd `volumes/_types`, or
 /// `["user"]` when none are configured.
 pub async fn vfolder_types(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let keys = state.etcd.get_prefix("volumes/_types/").await.map_err(etcd_err)?;
+    let keys = state
+        .etcd
+        .get_prefix("volumes/_types/")
+        .await
+        .map_err(etcd_err)?;
     let mut types: Vec<String> = keys
         .keys()
         .filter_map(|k| k.split('/').next())
@@ -46,7 +52,10 @@ pub async fn vfolder_types(State(state): State<AppState>) -> ApiResult<Json<Valu
 }
 
 /// `GET /config/docker-registries` (superadmin): `{registry_name: url}`.
-pub async fn docker_registries(State(state): State<AppState>, SuperAdmin(_u): SuperAdmin) -> ApiResult<Json<Value>> {
+pub async fn docker_registries(
+    State(state): State<AppState>,
+    SuperAdmin(_u): SuperAdmin,
+) -> ApiResult<Json<Value>> {
     let keys = state
         .etcd
         .get_prefix("config/docker/registry/")
@@ -95,7 +104,9 @@ pub fn nest(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
 }
 
 fn insert_path(node: &mut Map<String, Value>, path: &[String], value: String) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     if rest.is_empty() {
         match node.get_mut(first) {
             // A leaf arriving after its sub-keys: keep it under "".
@@ -108,7 +119,9 @@ fn insert_path(node: &mut Map<String, Value>, path: &[String], value: String) {
         }
         return;
     }
-    let entry = node.entry(first.clone()).or_insert_with(|| Value::Object(Map::new()));
+    let entry = node
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !entry.is_object() {
         let leaf = entry.take();
         *entry = Value::Object(Map::from_iter([(String::new(), leaf)]));
@@ -156,19 +169,26 @@ pub struct SetParams {
     pub value: Value,
 }
 
-/// `POST /config/set` (superadmin): a string, or an object written as a key tree of at
-/// most 16 leaves → `{"result": "ok"}`.
+/// `POST /config/set` (superadmin): a string (numbers and booleans are stored as their
+/// text), or an object written as a key tree of at most 16 leaves → `{"result": "ok"}`.
 pub async fn set(
     State(state): State<AppState>,
     SuperAdmin(_u): SuperAdmin,
     req_id: ReqId,
     Params(p): Params<SetParams>,
 ) -> ApiResult<Json<Value>> {
-    match &p.value {
+    let value = match p.value {
+        // etcd stores text; the CLI JSON-decodes its argument first, so `42` or `true`
+        // arrive as JSON scalars (the original refused them with a 400).
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Bool(b) => Value::String(b.to_string()),
+        other => other,
+    };
+    match &value {
         Value::String(_) => {}
         Value::Object(_) => {
             let mut leaves = Vec::new();
-            bai_core::etcd::flatten_json(p.key.trim_end_matches('/'), &p.value, &mut leaves);
+            bai_core::etcd::flatten_json(p.key.trim_end_matches('/'), &value, &mut leaves);
             if leaves.len() > MAX_SET_LEAVES {
                 return Err(ApiError::invalid_api_params().with_msg("Too large update"));
             }
@@ -176,18 +196,12 @@ pub async fn set(
         _ => {
             return Err(ApiError::invalid_api_params()
                 .with_msg("Input validation error")
-                .with_data(json!({ "value": "must be a string or a mapping" })))
+                .with_data(
+                    json!({ "value": "must be a string, a number, a boolean or a mapping" }),
+                ))
         }
     }
-    commands::send(
-        &state,
-        &req_id,
-        Command::EtcdPut {
-            key: p.key,
-            value: p.value,
-        },
-    )
-    .await?;
+    commands::send(&state, &req_id, Command::EtcdPut { key: p.key, value }).await?;
     Ok(Json(json!({ "result": "ok" })))
 }
 
@@ -225,7 +239,10 @@ mod tests {
     #[test]
     fn nesting() {
         let v = nest(vec![
-            ("cr.backend.ai".to_string(), "https://cr.backend.ai".to_string()),
+            (
+                "cr.backend.ai".to_string(),
+                "https://cr.backend.ai".to_string(),
+            ),
             ("cr.backend.ai/type".to_string(), "harbor2".to_string()),
             ("a%2Fb/c".to_string(), "1".to_string()),
             ("x/y".to_string(), "2".to_string()),

@@ -40,7 +40,11 @@ impl ManagerStatus {
 
 /// The manager status from etcd; a missing or unknown value means running.
 pub async fn manager_status(state: &AppState) -> ApiResult<ManagerStatus> {
-    let raw = state.etcd.get(STATUS_KEY).await.map_err(ApiError::internal_from)?;
+    let raw = state
+        .etcd
+        .get(STATUS_KEY)
+        .await
+        .map_err(ApiError::internal_from)?;
     Ok(match raw.as_deref().map(str::trim) {
         Some(s) if s.eq_ignore_ascii_case("frozen") => ManagerStatus::Frozen,
         _ => ManagerStatus::Running,
@@ -104,7 +108,9 @@ pub async fn put_status(
         other => {
             return Err(ApiError::invalid_api_params()
                 .with_msg("Input validation error")
-                .with_data(json!({ "status": format!("{other:?} is not a valid manager status") })))
+                .with_data(
+                    json!({ "status": format!("{other:?} is not a valid manager status") }),
+                ))
         }
     };
     commands::send(
@@ -126,7 +132,10 @@ pub async fn put_status(
         .fetch_all(&mut *txn)
         .await?;
         txn.commit().await?;
-        tracing::info!(count = sessions.len(), "freeze with force_kill: terminating live sessions");
+        tracing::info!(
+            count = sessions.len(),
+            "freeze with force_kill: terminating live sessions"
+        );
         for session_id in sessions {
             commands::enqueue(
                 &state,
@@ -152,7 +161,9 @@ pub async fn get_announcement(State(state): State<AppState>) -> ApiResult<Json<V
         .await
         .map_err(ApiError::internal_from)?
         .unwrap_or_default();
-    Ok(Json(json!({ "enabled": !message.is_empty(), "message": message })))
+    Ok(Json(
+        json!({ "enabled": !message.is_empty(), "message": message }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

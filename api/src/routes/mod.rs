@@ -7,3 +7,5 @@ pub mod manager;
 pub mod resource;
 pub mod root;
 pub mod scaling_groups;
+pub mod session;
+pub mod stream;

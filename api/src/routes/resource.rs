@@ -25,15 +25,16 @@ const AGENT_OCCUPYING: &str = "('SCHEDULED', 'PREPARING', 'BUILDING', 'PULLING',
      'RESTARTING', 'RESIZING', 'SUSPENDED', 'TERMINATING', 'ERROR')";
 
 fn shared_memory(v: Option<i64>) -> Value {
-    v.map(|m| Value::String(m.to_string())).unwrap_or(Value::Null)
+    v.map(|m| Value::String(m.to_string()))
+        .unwrap_or(Value::Null)
 }
 
 async fn load_presets(txn: &mut Txn) -> ApiResult<Vec<(String, Value, Option<i64>)>> {
-    Ok(
-        sqlx::query_as("SELECT name, resource_slots, shared_memory FROM resource_presets ORDER BY name")
-            .fetch_all(&mut **txn)
-            .await?,
+    Ok(sqlx::query_as(
+        "SELECT name, resource_slots, shared_memory FROM resource_presets ORDER BY name",
     )
+    .fetch_all(&mut **txn)
+    .await?)
 }
 
 async fn known_slots(state: &AppState) -> ApiResult<BTreeMap<String, String>> {
@@ -43,7 +44,10 @@ async fn known_slots(state: &AppState) -> ApiResult<BTreeMap<String, String>> {
 }
 
 /// `GET /resource/presets`: every preset, reduced to the known slot types.
-pub async fn list_presets(State(state): State<AppState>, Auth(_user): Auth) -> ApiResult<Json<Value>> {
+pub async fn list_presets(
+    State(state): State<AppState>,
+    Auth(_user): Auth,
+) -> ApiResult<Json<Value>> {
     let known = known_slots(&state).await?;
     let mut txn = state.db.begin_readonly().await?;
     let rows = load_presets(&mut txn).await?;
@@ -76,7 +80,12 @@ fn default_group() -> String {
 
 /// Σ `occupied_slots` of kernels matching `filter` (bound to `$1`), known slots only,
 /// missing ones as zero.
-async fn occupancy<T>(txn: &mut Txn, filter: &str, bind: T, known: &BTreeMap<String, String>) -> ApiResult<Slots>
+async fn occupancy<T>(
+    txn: &mut Txn,
+    filter: &str,
+    bind: T,
+    known: &BTreeMap<String, String>,
+) -> ApiResult<Slots>
 where
     T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
 {
@@ -88,8 +97,13 @@ where
     .await?;
     let sum = rows
         .iter()
-        .fold(slots::filled(known, Amount::ZERO), |acc, r| slots::add(&acc, &slots::from_json(r)));
-    Ok(sum.into_iter().filter(|(k, _)| known.contains_key(k)).collect())
+        .fold(slots::filled(known, Amount::ZERO), |acc, r| {
+            slots::add(&acc, &slots::from_json(r))
+        });
+    Ok(sum
+        .into_iter()
+        .filter(|(k, _)| known.contains_key(k))
+        .collect())
 }
 
 /// `POST /resource/check-presets`: what the caller may still allocate, overall and per
@@ -105,7 +119,12 @@ pub async fn check_presets(
         .get("config/api/resources/group_resource_visibility")
         .await
         .map_err(ApiError::internal_from)?
-        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "t" | "true" | "y" | "yes" | "on" | "1" | "1.0"));
+        .is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "t" | "true" | "y" | "yes" | "on" | "1" | "1.0"
+            )
+        });
     let mut txn = state.db.begin_readonly().await?;
 
     // Keypair limit.
@@ -135,7 +154,8 @@ pub async fn check_presets(
     let Some((group_id, group_total)) = group else {
         return Err(ApiError::invalid_api_params().with_msg("Unknown user group"));
     };
-    let mut group_limits = slots::from_policy(&group_total.unwrap_or_else(|| json!({})), true, &known);
+    let mut group_limits =
+        slots::from_policy(&group_total.unwrap_or_else(|| json!({})), true, &known);
     let mut group_using = occupancy(&mut txn, "group_id", group_id, &known).await?;
     let mut group_remaining = slots::sub(&group_limits, &group_using);
 
@@ -145,7 +165,11 @@ pub async fn check_presets(
             .bind(&user.domain_name)
             .fetch_optional(&mut *txn)
             .await?;
-    let domain_limits = slots::from_policy(&domain_total.flatten().unwrap_or_else(|| json!({})), true, &known);
+    let domain_limits = slots::from_policy(
+        &domain_total.flatten().unwrap_or_else(|| json!({})),
+        true,
+        &known,
+    );
     let domain_using = occupancy(&mut txn, "domain_name", user.domain_name.clone(), &known).await?;
     let domain_remaining = slots::sub(&domain_limits, &domain_using);
 
@@ -161,8 +185,13 @@ pub async fn check_presets(
     }
 
     // Per scaling group.
-    let mut sgroup_names: Vec<String> =
-        allowed_scaling_groups(&mut txn, &user.domain_name, Some(group_id), &user.access_key).await?;
+    let mut sgroup_names: Vec<String> = allowed_scaling_groups(
+        &mut txn,
+        &user.domain_name,
+        Some(group_id),
+        &user.access_key,
+    )
+    .await?;
     if let Some(sg) = &p.scaling_group {
         if !sgroup_names.contains(sg) {
             return Err(ApiError::invalid_api_params().with_msg("Unknown scaling group"));
@@ -197,7 +226,10 @@ pub async fn check_presets(
     let mut sgroup_remaining = zero.clone();
     let mut agent_slots = Vec::with_capacity(agents.len());
     for (available, occupied, sg) in agents {
-        let remaining = slots::add(&slots::sub(&slots::from_json(&available), &slots::from_json(&occupied)), &zero);
+        let remaining = slots::add(
+            &slots::sub(&slots::from_json(&available), &slots::from_json(&occupied)),
+            &zero,
+        );
         sgroup_remaining = slots::add(&sgroup_remaining, &remaining);
         if let Some(entry) = per_sgroup.get_mut(&sg) {
             entry.1 = slots::add(&entry.1, &remaining);
@@ -207,7 +239,11 @@ pub async fn check_presets(
     let cap = |s: &mut Slots| {
         for slot in known.keys() {
             if let Some(v) = s.get_mut(slot) {
-                *v = keypair_remaining.get(slot).copied().unwrap_or(Amount::ZERO).min(*v);
+                *v = keypair_remaining
+                    .get(slot)
+                    .copied()
+                    .unwrap_or(Amount::ZERO)
+                    .min(*v);
             }
         }
     };

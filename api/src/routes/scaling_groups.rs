@@ -60,7 +60,8 @@ pub async fn list_available(
                 .await?
         }
     };
-    let names = allowed_scaling_groups(&mut txn, &user.domain_name, group_id, &user.access_key).await?;
+    let names =
+        allowed_scaling_groups(&mut txn, &user.domain_name, group_id, &user.access_key).await?;
     txn.commit().await?;
     let items: Vec<Value> = names.into_iter().map(|n| json!({ "name": n })).collect();
     Ok(Json(json!({ "scaling_groups": items })))

@@ -149,9 +149,11 @@ pub async fn agent_lost(rt: &AgentsRuntime, agent_id: &str, reason: &str) -> any
     let Some(down) = down else {
         return Ok(false);
     };
-    tracing::warn!(agent_id, status, kernels = down.kernels.len(), "agent marked {status}");
     if status == "LOST" {
+        tracing::warn!(agent_id, kernels = down.kernels.len(), "agent lost: no heartbeat within the timeout");
         rt.metrics.agents_lost.fetch_add(1, Ordering::Relaxed);
+    } else {
+        tracing::info!(agent_id, kernels = down.kernels.len(), reason, "agent terminated");
     }
     for (kernel_id, session_id) in &down.kernels {
         rt.publish(

@@ -89,6 +89,7 @@ impl AgentIngestOptions {
 /// Counters for tests, benchmarks and operators.
 #[derive(Default, Debug)]
 pub struct AgentIngestMetrics {
+    /// Heartbeats handled (counted when done, before the ack).
     pub heartbeats: AtomicU64,
     /// Heartbeats that needed a database read (cache miss or agent new to Redis).
     pub heartbeat_db_reads: AtomicU64,

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use bai_agent_proto::AgentInfo;
@@ -59,6 +60,7 @@ impl AgentRecord {
 #[derive(sqlx::FromRow)]
 struct AgentRow {
     status: String,
+    status_changed: Option<DateTime<Utc>>,
     region: String,
     scaling_group: String,
     addr: String,
@@ -140,6 +142,17 @@ pub enum HeartbeatOutcome {
     Revived { previous_status: String },
     /// The database refused the agent (logged once a minute).
     Rejected,
+    /// A heartbeat sent before the agent was marked LOST/TERMINATED (it was queued
+    /// behind the agent's own `agent_terminated`, say): it does not revive the agent.
+    Stale,
+}
+
+impl AgentRow {
+    /// Whether a heartbeat sent at `sent_at` predates the row's last status change to a
+    /// non-ALIVE status.
+    fn outdates(&self, sent_at: DateTime<Utc>) -> bool {
+        self.status != "ALIVE" && self.status_changed.is_some_and(|t| sent_at < t)
+    }
 }
 
 /// Seconds since the Unix epoch, as the liveness score.
@@ -148,10 +161,14 @@ pub fn now_secs() -> f64 {
     now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1000.0
 }
 
-/// Handles one heartbeat (see the module docs).
-pub async fn handle_heartbeat(rt: &AgentsRuntime, agent_id: &str, info: &AgentInfo) -> anyhow::Result<HeartbeatOutcome> {
+/// Handles one heartbeat sent at `sent_at` (the message's timestamp; see the module docs).
+pub async fn handle_heartbeat(
+    rt: &AgentsRuntime,
+    agent_id: &str,
+    info: &AgentInfo,
+    sent_at: DateTime<Utc>,
+) -> anyhow::Result<HeartbeatOutcome> {
     use std::sync::atomic::Ordering::Relaxed;
-    rt.metrics.heartbeats.fetch_add(1, Relaxed);
     let added: i64 = {
         let mut conn = rt.redis.get().await?;
         redis::cmd("ZADD")
@@ -171,8 +188,8 @@ pub async fn handle_heartbeat(rt: &AgentsRuntime, agent_id: &str, info: &AgentIn
     }
     rt.metrics.heartbeat_db_reads.fetch_add(1, Relaxed);
     let row: Option<AgentRow> = sqlx::query_as(
-        "SELECT status::text AS status, region, scaling_group, addr, available_slots, version, compute_plugins \
-         FROM agents WHERE id = $1",
+        "SELECT status::text AS status, status_changed, region, scaling_group, addr, available_slots, version, \
+         compute_plugins FROM agents WHERE id = $1",
     )
     .bind(agent_id)
     .fetch_optional(rt.ctx.db.pool())
@@ -182,8 +199,11 @@ pub async fn handle_heartbeat(rt: &AgentsRuntime, agent_id: &str, info: &AgentIn
             rt.cache.put(agent_id, record, false);
             return Ok(HeartbeatOutcome::Unchanged);
         }
+        if r.outdates(sent_at) {
+            return Ok(HeartbeatOutcome::Stale);
+        }
     }
-    let outcome = match upsert(rt, agent_id, &record).await {
+    let outcome = match upsert(rt, agent_id, &record, sent_at).await {
         Ok(o) => o,
         Err(e) if is_permanent(&e) => {
             tracing::warn!(agent_id, scaling_group = %record.scaling_group, error = %format!("{e:#}"), "agent refused by the database (checked again in 60 s)");
@@ -192,6 +212,9 @@ pub async fn handle_heartbeat(rt: &AgentsRuntime, agent_id: &str, info: &AgentIn
         }
         Err(e) => return Err(e),
     };
+    if outcome == HeartbeatOutcome::Stale {
+        return Ok(outcome);
+    }
     rt.cache.put(agent_id, record.clone(), false);
     if outcome != HeartbeatOutcome::Unchanged {
         rt.metrics.heartbeat_db_writes.fetch_add(1, Relaxed);
@@ -200,7 +223,12 @@ pub async fn handle_heartbeat(rt: &AgentsRuntime, agent_id: &str, info: &AgentIn
     Ok(outcome)
 }
 
-async fn upsert(rt: &AgentsRuntime, agent_id: &str, record: &AgentRecord) -> anyhow::Result<HeartbeatOutcome> {
+async fn upsert(
+    rt: &AgentsRuntime,
+    agent_id: &str,
+    record: &AgentRecord,
+    sent_at: DateTime<Utc>,
+) -> anyhow::Result<HeartbeatOutcome> {
     let agent_id = agent_id.to_string();
     let record = record.clone();
     let out = rt
@@ -211,18 +239,18 @@ async fn upsert(rt: &AgentsRuntime, agent_id: &str, record: &AgentRecord) -> any
             let r = record.clone();
             Box::pin(async move {
                 let row: Option<AgentRow> = sqlx::query_as(
-                    "SELECT status::text AS status, region, scaling_group, addr, available_slots, version, \
-                     compute_plugins FROM agents WHERE id = $1 FOR UPDATE",
+                    "SELECT status::text AS status, status_changed, region, scaling_group, addr, available_slots, \
+                     version, compute_plugins FROM agents WHERE id = $1 FOR UPDATE",
                 )
                 .bind(&agent_id)
                 .fetch_optional(&mut **txn)
                 .await?;
                 let Some(row) = row else {
-                    sqlx::query(
+                    let inserted: Option<String> = sqlx::query_scalar(
                         "INSERT INTO agents (id, status, status_changed, region, scaling_group, schedulable, \
                          available_slots, occupied_slots, addr, first_contact, lost_at, version, compute_plugins) \
                          VALUES ($1, 'ALIVE', now(), $2, $3, true, $4, '{}'::jsonb, $5, now(), NULL, $6, $7) \
-                         ON CONFLICT (id) DO NOTHING",
+                         ON CONFLICT (id) DO NOTHING RETURNING id",
                     )
                     .bind(&agent_id)
                     .bind(&r.region)
@@ -231,13 +259,20 @@ async fn upsert(rt: &AgentsRuntime, agent_id: &str, record: &AgentRecord) -> any
                     .bind(&r.addr)
                     .bind(&r.version)
                     .bind(&r.compute_plugins)
-                    .execute(&mut **txn)
+                    .fetch_optional(&mut **txn)
                     .await?;
-                    return Ok(HeartbeatOutcome::Inserted);
+                    return Ok(if inserted.is_some() {
+                        HeartbeatOutcome::Inserted
+                    } else {
+                        HeartbeatOutcome::Unchanged
+                    });
                 };
                 let alive = row.status == "ALIVE";
                 if alive && row.record() == r {
                     return Ok(HeartbeatOutcome::Unchanged);
+                }
+                if row.outdates(sent_at) {
+                    return Ok(HeartbeatOutcome::Stale);
                 }
                 sqlx::query(
                     "UPDATE agents SET region = $2, scaling_group = $3, available_slots = $4, addr = $5, \

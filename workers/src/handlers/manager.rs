@@ -22,9 +22,9 @@ pub const ANNOUNCEMENT_KEY: &str = "manager/announcement";
 pub const MAX_SET_LEAVES: usize = 16;
 
 fn etcd(ctx: &WorkerContext) -> Result<&Etcd, HandlerError> {
-    ctx.etcd
-        .as_ref()
-        .ok_or_else(|| HandlerError::Permanent(anyhow::anyhow!("this worker has no etcd connection")))
+    ctx.etcd.as_ref().ok_or_else(|| {
+        HandlerError::Permanent(anyhow::anyhow!("this worker has no etcd connection"))
+    })
 }
 
 fn transient(e: anyhow::Error) -> HandlerError {
@@ -38,17 +38,23 @@ fn bad_request(msg: String) -> CommandReply {
         error_type: "invalid-api-params".into(),
         title: "Missing or invalid API parameters.".into(),
         msg: Some(msg),
+        data: None,
     }
 }
 
-pub async fn handle(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Result<CommandReply, HandlerError> {
+pub async fn handle(
+    ctx: &Arc<WorkerContext>,
+    env: &Envelope<Command>,
+) -> Result<CommandReply, HandlerError> {
     let etcd = etcd(ctx)?;
     match &env.body {
         Command::SetManagerStatus { status } => {
             if status != "running" && status != "frozen" {
                 return Ok(bad_request(format!("unknown manager status {status:?}")));
             }
-            etcd.put(MANAGER_STATUS_KEY, status).await.map_err(transient)?;
+            etcd.put(MANAGER_STATUS_KEY, status)
+                .await
+                .map_err(transient)?;
             tracing::info!(%status, "manager status changed");
             Ok(CommandReply::Ok {
                 result: json!({ "status": status }),
@@ -58,7 +64,9 @@ pub async fn handle(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Result
             match message {
                 Some(m) => etcd.put(ANNOUNCEMENT_KEY, m).await.map_err(transient)?,
                 None => {
-                    etcd.delete(ANNOUNCEMENT_KEY, false).await.map_err(transient)?;
+                    etcd.delete(ANNOUNCEMENT_KEY, false)
+                        .await
+                        .map_err(transient)?;
                 }
             }
             Ok(CommandReply::Ok { result: json!({}) })

@@ -25,6 +25,7 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
             }
             echo(ctx, env, payload, *fail).await
         }
+        Command::Noop => Ok(CommandReply::Ok { result: json!(null) }),
         Command::RequestSchedule { scaling_group } => {
             let queued = ctx
                 .bus
@@ -45,6 +46,7 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
             reason,
         } => crate::sessions::destroy(ctx, *session_id, *forced, reason).await,
         Command::StartSession { session_id } => crate::sessions::start(ctx, *session_id).await,
+        Command::RestartSession { session_id } => crate::sessions::restart::restart(ctx, env, *session_id).await,
         Command::SetManagerStatus { .. }
         | Command::SetAnnouncement { .. }
         | Command::EtcdPut { .. }

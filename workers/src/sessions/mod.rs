@@ -6,6 +6,7 @@
 //! the commit, never while a lock is held; events carry ids derived from the session id so
 //! a redelivered command publishes nothing twice.
 
+pub mod restart;
 pub mod scheduler;
 
 use std::collections::BTreeMap;

@@ -26,7 +26,8 @@ pub async fn create(conn: &mut PgConnection, name: &str, p: &DomainProps) -> any
 }
 
 pub async fn modify(conn: &mut PgConnection, name: &str, p: &DomainProps) -> anyhow::Result<Value> {
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("UPDATE domains SET modified_at = now()");
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("UPDATE domains SET modified_at = now()");
     if let Some(v) = &p.name {
         qb.push(", name = ").push_bind(v.clone());
     }
@@ -43,7 +44,8 @@ pub async fn modify(conn: &mut PgConnection, name: &str, p: &DomainProps) -> any
         qb.push(", allowed_vfolder_hosts = ").push_bind(v.clone());
     }
     if let Some(v) = &p.allowed_docker_registries {
-        qb.push(", allowed_docker_registries = ").push_bind(v.clone());
+        qb.push(", allowed_docker_registries = ")
+            .push_bind(v.clone());
     }
     if let Some(v) = &p.integration_id {
         qb.push(", integration_id = ").push_bind(v.clone());
@@ -60,11 +62,12 @@ pub async fn modify(conn: &mut PgConnection, name: &str, p: &DomainProps) -> any
 
 /// Soft delete: the domain becomes inactive.
 pub async fn delete(conn: &mut PgConnection, name: &str) -> anyhow::Result<Value> {
-    let done = sqlx::query("UPDATE domains SET is_active = false, modified_at = now() WHERE name = $1")
-        .bind(name)
-        .execute(conn)
-        .await?
-        .rows_affected();
+    let done =
+        sqlx::query("UPDATE domains SET is_active = false, modified_at = now() WHERE name = $1")
+            .bind(name)
+            .execute(conn)
+            .await?
+            .rows_affected();
     Ok(if done == 0 { no_match() } else { success(None) })
 }
 
@@ -77,21 +80,27 @@ pub async fn purge(conn: &mut PgConnection, name: &str) -> anyhow::Result<Value>
     .fetch_one(&mut *conn)
     .await?;
     if active > 0 {
-        return Ok(reject("Domain has some active kernels. Terminate them first."));
+        return Ok(reject(
+            "Domain has some active kernels. Terminate them first.",
+        ));
     }
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE domain_name = $1")
         .bind(name)
         .fetch_one(&mut *conn)
         .await?;
     if users > 0 {
-        return Ok(reject("There are users bound to the domain. Remove users first."));
+        return Ok(reject(
+            "There are users bound to the domain. Remove users first.",
+        ));
     }
     let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM groups WHERE domain_name = $1")
         .bind(name)
         .fetch_one(&mut *conn)
         .await?;
     if groups > 0 {
-        return Ok(reject("There are groups bound to the domain. Remove groups first."));
+        return Ok(reject(
+            "There are groups bound to the domain. Remove groups first.",
+        ));
     }
     sqlx::query("DELETE FROM kernels WHERE domain_name = $1")
         .bind(name)

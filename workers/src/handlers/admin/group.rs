@@ -7,7 +7,9 @@ use uuid::Uuid;
 use bai_events::admin::GroupProps;
 use bai_events::AdminCaller;
 
-use super::{fail, item_json, no_match, no_permission, reject, success, Bound, ACTIVE_KERNEL_SQL, GROUP_ITEM};
+use super::{
+    fail, item_json, no_match, no_permission, reject, success, Bound, ACTIVE_KERNEL_SQL, GROUP_ITEM,
+};
 
 /// A domain admin may only act on groups of their own domain (`privileged_mutation` with a
 /// group target). `None` = allowed; `Some(payload)` = refused or missing.
@@ -28,7 +30,12 @@ async fn check_group_access(
     }
 }
 
-pub async fn create(conn: &mut PgConnection, caller: &AdminCaller, name: &str, p: &GroupProps) -> anyhow::Result<Value> {
+pub async fn create(
+    conn: &mut PgConnection,
+    caller: &AdminCaller,
+    name: &str,
+    p: &GroupProps,
+) -> anyhow::Result<Value> {
     let domain = p.domain_name.clone().unwrap_or_default();
     if !caller.is_superadmin() && !(caller.role == "admin" && caller.domain_name == domain) {
         return Ok(no_permission("create_group"));
@@ -50,7 +57,12 @@ pub async fn create(conn: &mut PgConnection, caller: &AdminCaller, name: &str, p
     Ok(success(item))
 }
 
-pub async fn modify(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid, p: &GroupProps) -> anyhow::Result<Value> {
+pub async fn modify(
+    conn: &mut PgConnection,
+    caller: &AdminCaller,
+    gid: Uuid,
+    p: &GroupProps,
+) -> anyhow::Result<Value> {
     if let Some(refused) = check_group_access(conn, caller, gid, "modify_group").await? {
         return Ok(refused);
     }
@@ -61,7 +73,8 @@ pub async fn modify(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid, p:
         || p.total_resource_slots.is_some()
         || p.allowed_vfolder_hosts.is_some()
         || p.integration_id.is_some();
-    let membership = p.user_update_mode.is_some() && p.user_uuids.as_ref().is_some_and(|u| !u.is_empty());
+    let membership =
+        p.user_update_mode.is_some() && p.user_uuids.as_ref().is_some_and(|u| !u.is_empty());
     if !has_fields && !membership {
         return Ok(fail("nothing to update"));
     }
@@ -124,7 +137,11 @@ pub async fn modify(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid, p:
 }
 
 /// Soft delete: inactive, and the integration id is released.
-pub async fn delete(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid) -> anyhow::Result<Value> {
+pub async fn delete(
+    conn: &mut PgConnection,
+    caller: &AdminCaller,
+    gid: Uuid,
+) -> anyhow::Result<Value> {
     if let Some(refused) = check_group_access(conn, caller, gid, "delete_group").await? {
         return Ok(refused);
     }
@@ -139,7 +156,11 @@ pub async fn delete(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid) ->
 }
 
 /// Hard delete of the group, its folders' records and its finished kernels.
-pub async fn purge(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid) -> anyhow::Result<Value> {
+pub async fn purge(
+    conn: &mut PgConnection,
+    caller: &AdminCaller,
+    gid: Uuid,
+) -> anyhow::Result<Value> {
     if let Some(refused) = check_group_access(conn, caller, gid, "purge_group").await? {
         return Ok(refused);
     }
@@ -150,7 +171,9 @@ pub async fn purge(conn: &mut PgConnection, caller: &AdminCaller, gid: Uuid) -> 
     .fetch_one(&mut *conn)
     .await?;
     if active > 0 {
-        return Ok(reject("Group has some active kernels. Terminate them first."));
+        return Ok(reject(
+            "Group has some active kernels. Terminate them first.",
+        ));
     }
     let mounted: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM vfolder_attachment a JOIN vfolders v ON v.id = a.vfolder \

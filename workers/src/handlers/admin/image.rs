@@ -77,12 +77,17 @@ async fn apply(etcd: &Etcd, cmd: &AdminCommand) -> anyhow::Result<Value> {
                 return Ok(fail(format!("invalid alias: {alias}")));
             }
             let (registry, name, tag) = parse_reference(target);
-            etcd.put(&format!("images/_aliases/{alias}"), &format!("{registry}/{name}:{tag}"))
-                .await?;
+            etcd.put(
+                &format!("images/_aliases/{alias}"),
+                &format!("{registry}/{name}:{tag}"),
+            )
+            .await?;
             Ok(success(None))
         }
         AdminOp::DealiasImage { alias } => {
-            let n = etcd.delete(&format!("images/_aliases/{alias}"), false).await?;
+            let n = etcd
+                .delete(&format!("images/_aliases/{alias}"), false)
+                .await?;
             Ok(if n == 0 { no_match() } else { success(None) })
         }
         AdminOp::ForgetImage { reference } => {
@@ -109,7 +114,8 @@ async fn modify(etcd: &Etcd, key: &str, p: &ImageProps) -> anyhow::Result<()> {
         etcd.put(key, d).await?;
     }
     if let Some(s) = p.size_bytes {
-        etcd.put(&format!("{key}/size_bytes"), &s.to_string()).await?;
+        etcd.put(&format!("{key}/size_bytes"), &s.to_string())
+            .await?;
     }
     if let Some(labels) = &p.labels {
         etcd.delete(&format!("{key}/labels/"), true).await?;
@@ -121,20 +127,27 @@ async fn modify(etcd: &Etcd, key: &str, p: &ImageProps) -> anyhow::Result<()> {
         etcd.delete(&format!("{key}/resource/"), true).await?;
         for l in limits {
             if let Some(min) = &l.min {
-                etcd.put(&format!("{key}/resource/{}/min", l.key), min).await?;
+                etcd.put(&format!("{key}/resource/{}/min", l.key), min)
+                    .await?;
             }
             if let Some(max) = &l.max {
-                etcd.put(&format!("{key}/resource/{}/max", l.key), max).await?;
+                etcd.put(&format!("{key}/resource/{}/max", l.key), max)
+                    .await?;
             }
         }
     }
     if let Some(acc) = &p.supported_accelerators {
-        etcd.put(&format!("{key}/accelerators"), &acc.join(",")).await?;
+        etcd.put(&format!("{key}/accelerators"), &acc.join(","))
+            .await?;
     }
     Ok(())
 }
 
-pub async fn handle(ctx: &Arc<WorkerContext>, id: Uuid, cmd: &AdminCommand) -> Result<Value, HandlerError> {
+pub async fn handle(
+    ctx: &Arc<WorkerContext>,
+    id: Uuid,
+    cmd: &AdminCommand,
+) -> Result<Value, HandlerError> {
     if let Some(stored) = processed_result(&ctx.db, id)
         .await
         .map_err(|e| HandlerError::Transient(e.into()))?
@@ -165,7 +178,11 @@ mod tests {
     fn references() {
         assert_eq!(
             parse_reference("cr.backend.ai/stable/python:3.9-ubuntu20.04"),
-            ("cr.backend.ai".into(), "stable/python".into(), "3.9-ubuntu20.04".into())
+            (
+                "cr.backend.ai".into(),
+                "stable/python".into(),
+                "3.9-ubuntu20.04".into()
+            )
         );
         assert_eq!(quote("stable/python"), "stable%2Fpython");
     }

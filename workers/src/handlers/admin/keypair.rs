@@ -10,7 +10,11 @@ use super::{fail, item_json, no_match, success, Bound, KEYPAIR_ITEM};
 
 /// `user_id` is the owner's email. Keys are generated here (AKIA + base32, 40-char
 /// URL-safe secret); the whole effect commits once per command id.
-pub async fn create(conn: &mut PgConnection, user_id: &str, p: &KeyPairProps) -> anyhow::Result<Value> {
+pub async fn create(
+    conn: &mut PgConnection,
+    user_id: &str,
+    p: &KeyPairProps,
+) -> anyhow::Result<Value> {
     let owner: Option<Uuid> = sqlx::query_scalar("SELECT uuid FROM users WHERE email = $1")
         .bind(user_id)
         .fetch_optional(&mut *conn)
@@ -37,8 +41,13 @@ pub async fn create(conn: &mut PgConnection, user_id: &str, p: &KeyPairProps) ->
     Ok(success(item))
 }
 
-pub async fn modify(conn: &mut PgConnection, access_key: &str, p: &KeyPairProps) -> anyhow::Result<Value> {
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("UPDATE keypairs SET modified_at = now()");
+pub async fn modify(
+    conn: &mut PgConnection,
+    access_key: &str,
+    p: &KeyPairProps,
+) -> anyhow::Result<Value> {
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("UPDATE keypairs SET modified_at = now()");
     if let Some(v) = p.is_active {
         qb.push(", is_active = ").push_bind(v);
     }
@@ -51,7 +60,8 @@ pub async fn modify(conn: &mut PgConnection, access_key: &str, p: &KeyPairProps)
     if let Some(v) = p.rate_limit {
         qb.push(", rate_limit = ").push_bind(v);
     }
-    qb.push(" WHERE access_key = ").push_bind(access_key.to_string());
+    qb.push(" WHERE access_key = ")
+        .push_bind(access_key.to_string());
     let done = qb.build().execute(conn).await?.rows_affected();
     Ok(if done == 0 { no_match() } else { success(None) })
 }

@@ -70,14 +70,23 @@ async fn guarded(conn: &mut PgConnection, cmd: &AdminCommand) -> anyhow::Result<
                 .chain()
                 .find_map(|c| c.downcast_ref::<sqlx::Error>())
                 .and_then(|s| s.as_database_error())
-                .map(|d| (d.code().map(|c| c.to_string()).unwrap_or_default(), d.message().to_string()));
+                .map(|d| {
+                    (
+                        d.code().map(|c| c.to_string()).unwrap_or_default(),
+                        d.message().to_string(),
+                    )
+                });
             match db {
                 Some((code, message)) if code.starts_with("23") => {
                     sp.rollback().await?;
                     Ok(fail(format!("integrity error: {message}")))
                 }
                 Some((code, _)) if bai_core::db::is_retryable_sqlstate(&code) => Err(e),
-                Some((code, message)) if !code.starts_with("08") && !code.starts_with("57") && !code.starts_with("53") => {
+                Some((code, message))
+                    if !code.starts_with("08")
+                        && !code.starts_with("57")
+                        && !code.starts_with("53") =>
+                {
                     sp.rollback().await?;
                     Ok(fail(format!("unexpected error: {message}")))
                 }
@@ -106,44 +115,111 @@ async fn apply(conn: &mut PgConnection, cmd: &AdminCommand) -> anyhow::Result<Va
             purge_shared_vfolders,
         } => user::purge(conn, c, email, *purge_shared_vfolders).await,
         AdminOp::CreateKeypair { user_id, props } => keypair::create(conn, user_id, props).await,
-        AdminOp::ModifyKeypair { access_key, props } => keypair::modify(conn, access_key, props).await,
+        AdminOp::ModifyKeypair { access_key, props } => {
+            keypair::modify(conn, access_key, props).await
+        }
         AdminOp::DeleteKeypair { access_key } => keypair::delete(conn, access_key).await,
-        AdminOp::CreateKeypairResourcePolicy { name, props } => policy::create_policy(conn, name, props).await,
-        AdminOp::ModifyKeypairResourcePolicy { name, props } => policy::modify_policy(conn, name, props).await,
+        AdminOp::CreateKeypairResourcePolicy { name, props } => {
+            policy::create_policy(conn, name, props).await
+        }
+        AdminOp::ModifyKeypairResourcePolicy { name, props } => {
+            policy::modify_policy(conn, name, props).await
+        }
         AdminOp::DeleteKeypairResourcePolicy { name } => policy::delete_policy(conn, name).await,
-        AdminOp::CreateResourcePreset { name, props } => policy::create_preset(conn, name, props).await,
-        AdminOp::ModifyResourcePreset { name, props } => policy::modify_preset(conn, name, props).await,
+        AdminOp::CreateResourcePreset { name, props } => {
+            policy::create_preset(conn, name, props).await
+        }
+        AdminOp::ModifyResourcePreset { name, props } => {
+            policy::modify_preset(conn, name, props).await
+        }
         AdminOp::DeleteResourcePreset { name } => policy::delete_preset(conn, name).await,
         AdminOp::CreateScalingGroup { name, props } => sgroup::create(conn, name, props).await,
         AdminOp::ModifyScalingGroup { name, props } => sgroup::modify(conn, name, props).await,
         AdminOp::DeleteScalingGroup { name } => sgroup::delete(conn, name).await,
-        AdminOp::AssociateScalingGroupWithDomain { scaling_group, domain } => {
-            sgroup::associate(conn, "sgroups_for_domains", "domain", scaling_group, Bound::Text(domain.clone())).await
+        AdminOp::AssociateScalingGroupWithDomain {
+            scaling_group,
+            domain,
+        } => {
+            sgroup::associate(
+                conn,
+                "sgroups_for_domains",
+                "domain",
+                scaling_group,
+                Bound::Text(domain.clone()),
+            )
+            .await
         }
-        AdminOp::DisassociateScalingGroupWithDomain { scaling_group, domain } => {
-            sgroup::disassociate(conn, "sgroups_for_domains", "domain", Some(scaling_group), Bound::Text(domain.clone())).await
+        AdminOp::DisassociateScalingGroupWithDomain {
+            scaling_group,
+            domain,
+        } => {
+            sgroup::disassociate(
+                conn,
+                "sgroups_for_domains",
+                "domain",
+                Some(scaling_group),
+                Bound::Text(domain.clone()),
+            )
+            .await
         }
         AdminOp::DisassociateAllScalingGroupsWithDomain { domain } => {
-            sgroup::disassociate(conn, "sgroups_for_domains", "domain", None, Bound::Text(domain.clone())).await
+            sgroup::disassociate(
+                conn,
+                "sgroups_for_domains",
+                "domain",
+                None,
+                Bound::Text(domain.clone()),
+            )
+            .await
         }
         AdminOp::AssociateScalingGroupWithUserGroup {
             scaling_group,
             user_group,
-        } => sgroup::associate(conn, "sgroups_for_groups", "\"group\"", scaling_group, Bound::Uuid(*user_group)).await,
+        } => {
+            sgroup::associate(
+                conn,
+                "sgroups_for_groups",
+                "\"group\"",
+                scaling_group,
+                Bound::Uuid(*user_group),
+            )
+            .await
+        }
         AdminOp::DisassociateScalingGroupWithUserGroup {
             scaling_group,
             user_group,
         } => {
-            sgroup::disassociate(conn, "sgroups_for_groups", "\"group\"", Some(scaling_group), Bound::Uuid(*user_group)).await
+            sgroup::disassociate(
+                conn,
+                "sgroups_for_groups",
+                "\"group\"",
+                Some(scaling_group),
+                Bound::Uuid(*user_group),
+            )
+            .await
         }
         AdminOp::DisassociateAllScalingGroupsWithGroup { user_group } => {
-            sgroup::disassociate(conn, "sgroups_for_groups", "\"group\"", None, Bound::Uuid(*user_group)).await
+            sgroup::disassociate(
+                conn,
+                "sgroups_for_groups",
+                "\"group\"",
+                None,
+                Bound::Uuid(*user_group),
+            )
+            .await
         }
         AdminOp::AssociateScalingGroupWithKeypair {
             scaling_group,
             access_key,
         } => {
-            sgroup::associate(conn, "sgroups_for_keypairs", "access_key", scaling_group, Bound::Text(access_key.clone())).await
+            sgroup::associate(
+                conn,
+                "sgroups_for_keypairs",
+                "access_key",
+                scaling_group,
+                Bound::Text(access_key.clone()),
+            )
+            .await
         }
         AdminOp::DisassociateScalingGroupWithKeypair {
             scaling_group,
@@ -158,7 +234,10 @@ async fn apply(conn: &mut PgConnection, cmd: &AdminCommand) -> anyhow::Result<Va
             )
             .await
         }
-        AdminOp::AliasImage { .. } | AdminOp::DealiasImage { .. } | AdminOp::ModifyImage { .. } | AdminOp::ForgetImage { .. } => {
+        AdminOp::AliasImage { .. }
+        | AdminOp::DealiasImage { .. }
+        | AdminOp::ModifyImage { .. }
+        | AdminOp::ForgetImage { .. } => {
             // Routed to `image::handle` before any transaction is opened.
             Ok(fail("image mutations are not database mutations"))
         }
@@ -197,7 +276,11 @@ pub(crate) fn reject(msg: impl Into<String>) -> Value {
 
 /// `SELECT to_jsonb(x) FROM (<select>) x` with one bind: the item of a payload, in the
 /// same columns the API's row types read.
-pub(crate) async fn item_json(conn: &mut PgConnection, select: &str, key: Bound) -> anyhow::Result<Option<Value>> {
+pub(crate) async fn item_json(
+    conn: &mut PgConnection,
+    select: &str,
+    key: Bound,
+) -> anyhow::Result<Option<Value>> {
     let sql = format!("SELECT to_jsonb(x) FROM ({select}) x");
     let q = sqlx::query_scalar::<_, Value>(&sql);
     let q = match key {
@@ -222,8 +305,10 @@ pub(crate) const KEYPAIR_ITEM: &str = "SELECT k.user_id, k.access_key, k.secret_
 pub(crate) const POLICY_ITEM: &str = "SELECT name, created_at, default_for_unspecified::text AS default_for_unspecified, \
     total_resource_slots, max_concurrent_sessions, max_containers_per_session, max_vfolder_count, max_vfolder_size, \
     idle_timeout, allowed_vfolder_hosts FROM keypair_resource_policies WHERE name = $1";
-pub(crate) const PRESET_ITEM: &str = "SELECT name, resource_slots, shared_memory FROM resource_presets WHERE name = $1";
-pub(crate) const SGROUP_ITEM: &str = "SELECT name, description, is_active, created_at, driver, driver_opts, scheduler, \
+pub(crate) const PRESET_ITEM: &str =
+    "SELECT name, resource_slots, shared_memory FROM resource_presets WHERE name = $1";
+pub(crate) const SGROUP_ITEM: &str =
+    "SELECT name, description, is_active, created_at, driver, driver_opts, scheduler, \
     scheduler_opts FROM scaling_groups WHERE name = $1";
 
 /// Statuses in which a kernel still holds resources or may be running.

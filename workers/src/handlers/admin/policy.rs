@@ -7,7 +7,11 @@ use bai_events::admin::{ResourcePolicyProps, ResourcePresetProps};
 
 use super::{item_json, no_match, success, Bound, POLICY_ITEM, PRESET_ITEM};
 
-pub async fn create_policy(conn: &mut PgConnection, name: &str, p: &ResourcePolicyProps) -> anyhow::Result<Value> {
+pub async fn create_policy(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ResourcePolicyProps,
+) -> anyhow::Result<Value> {
     sqlx::query(
         "INSERT INTO keypair_resource_policies (name, default_for_unspecified, total_resource_slots, \
          max_concurrent_sessions, max_containers_per_session, idle_timeout, max_vfolder_count, \
@@ -29,8 +33,13 @@ pub async fn create_policy(conn: &mut PgConnection, name: &str, p: &ResourcePoli
     Ok(success(item))
 }
 
-pub async fn modify_policy(conn: &mut PgConnection, name: &str, p: &ResourcePolicyProps) -> anyhow::Result<Value> {
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("UPDATE keypair_resource_policies SET name = name");
+pub async fn modify_policy(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ResourcePolicyProps,
+) -> anyhow::Result<Value> {
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("UPDATE keypair_resource_policies SET name = name");
     if let Some(v) = &p.default_for_unspecified {
         qb.push(", default_for_unspecified = ")
             .push_bind(v.clone())
@@ -71,19 +80,30 @@ pub async fn delete_policy(conn: &mut PgConnection, name: &str) -> anyhow::Resul
     Ok(if done == 0 { no_match() } else { success(None) })
 }
 
-pub async fn create_preset(conn: &mut PgConnection, name: &str, p: &ResourcePresetProps) -> anyhow::Result<Value> {
-    sqlx::query("INSERT INTO resource_presets (name, resource_slots, shared_memory) VALUES ($1, $2, $3)")
-        .bind(name)
-        .bind(p.resource_slots.clone().unwrap_or_else(|| json!({})))
-        .bind(p.shared_memory)
-        .execute(&mut *conn)
-        .await?;
+pub async fn create_preset(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ResourcePresetProps,
+) -> anyhow::Result<Value> {
+    sqlx::query(
+        "INSERT INTO resource_presets (name, resource_slots, shared_memory) VALUES ($1, $2, $3)",
+    )
+    .bind(name)
+    .bind(p.resource_slots.clone().unwrap_or_else(|| json!({})))
+    .bind(p.shared_memory)
+    .execute(&mut *conn)
+    .await?;
     let item = item_json(conn, PRESET_ITEM, Bound::Text(name.to_string())).await?;
     Ok(success(item))
 }
 
-pub async fn modify_preset(conn: &mut PgConnection, name: &str, p: &ResourcePresetProps) -> anyhow::Result<Value> {
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("UPDATE resource_presets SET name = name");
+pub async fn modify_preset(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ResourcePresetProps,
+) -> anyhow::Result<Value> {
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("UPDATE resource_presets SET name = name");
     if let Some(v) = &p.resource_slots {
         qb.push(", resource_slots = ").push_bind(v.clone());
     }

@@ -7,7 +7,11 @@ use bai_events::admin::ScalingGroupProps;
 
 use super::{item_json, no_match, success, Bound, SGROUP_ITEM};
 
-pub async fn create(conn: &mut PgConnection, name: &str, p: &ScalingGroupProps) -> anyhow::Result<Value> {
+pub async fn create(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ScalingGroupProps,
+) -> anyhow::Result<Value> {
     sqlx::query(
         "INSERT INTO scaling_groups (name, description, is_active, driver, driver_opts, scheduler, scheduler_opts) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -25,7 +29,11 @@ pub async fn create(conn: &mut PgConnection, name: &str, p: &ScalingGroupProps) 
     Ok(success(item))
 }
 
-pub async fn modify(conn: &mut PgConnection, name: &str, p: &ScalingGroupProps) -> anyhow::Result<Value> {
+pub async fn modify(
+    conn: &mut PgConnection,
+    name: &str,
+    p: &ScalingGroupProps,
+) -> anyhow::Result<Value> {
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("UPDATE scaling_groups SET name = name");
     if let Some(v) = &p.description {
         qb.push(", description = ").push_bind(v.clone());
@@ -100,5 +108,9 @@ pub async fn disassociate(
     };
     let done = q.execute(conn).await?.rows_affected();
     // Disassociating everything from a key that has nothing is still a success.
-    Ok(if done == 0 && scaling_group.is_some() { no_match() } else { success(None) })
+    Ok(if done == 0 && scaling_group.is_some() {
+        no_match()
+    } else {
+        success(None)
+    })
 }

@@ -24,7 +24,12 @@ fn status_of(p: &UserProps) -> Option<String> {
 }
 
 /// Replaces the memberships of `user` with `groups` limited to the user's domain.
-async fn set_groups(conn: &mut PgConnection, user: Uuid, domain: &str, groups: &[Uuid]) -> anyhow::Result<()> {
+async fn set_groups(
+    conn: &mut PgConnection,
+    user: Uuid,
+    domain: &str,
+    groups: &[Uuid],
+) -> anyhow::Result<()> {
     sqlx::query("DELETE FROM association_groups_users WHERE user_id = $1")
         .bind(user)
         .execute(&mut *conn)
@@ -32,7 +37,12 @@ async fn set_groups(conn: &mut PgConnection, user: Uuid, domain: &str, groups: &
     add_groups(conn, user, domain, groups).await
 }
 
-async fn add_groups(conn: &mut PgConnection, user: Uuid, domain: &str, groups: &[Uuid]) -> anyhow::Result<()> {
+async fn add_groups(
+    conn: &mut PgConnection,
+    user: Uuid,
+    domain: &str,
+    groups: &[Uuid],
+) -> anyhow::Result<()> {
     if groups.is_empty() {
         return Ok(());
     }
@@ -132,7 +142,9 @@ pub async fn modify(conn: &mut PgConnection, email: &str, p: &UserProps) -> anyh
         qb.push(", description = ").push_bind(v.clone());
     }
     if let Some(v) = &status {
-        qb.push(", status = ").push_bind(v.clone()).push("::userstatus");
+        qb.push(", status = ")
+            .push_bind(v.clone())
+            .push("::userstatus");
         if v != &prev_status {
             qb.push(", status_info = 'admin-requested'");
         }
@@ -212,11 +224,17 @@ pub async fn delete(conn: &mut PgConnection, email: &str) -> anyhow::Result<Valu
 }
 
 /// Hard delete of the user and everything that is only theirs.
-pub async fn purge(conn: &mut PgConnection, caller: &AdminCaller, email: &str, purge_shared: bool) -> anyhow::Result<Value> {
-    let uuid: Option<Uuid> = sqlx::query_scalar("SELECT uuid FROM users WHERE email = $1 FOR UPDATE")
-        .bind(email)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn purge(
+    conn: &mut PgConnection,
+    caller: &AdminCaller,
+    email: &str,
+    purge_shared: bool,
+) -> anyhow::Result<Value> {
+    let uuid: Option<Uuid> =
+        sqlx::query_scalar("SELECT uuid FROM users WHERE email = $1 FOR UPDATE")
+            .bind(email)
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some(uuid) = uuid else {
         return Ok(no_match());
     };
@@ -227,7 +245,9 @@ pub async fn purge(conn: &mut PgConnection, caller: &AdminCaller, email: &str, p
     .fetch_one(&mut *conn)
     .await?;
     if active > 0 {
-        return Ok(reject("User has some active kernels. Terminate them first."));
+        return Ok(reject(
+            "User has some active kernels. Terminate them first.",
+        ));
     }
     if !purge_shared {
         // Shared folders go to the purging admin; a name clash gets a `-<10 hex>` suffix.
@@ -239,11 +259,13 @@ pub async fn purge(conn: &mut PgConnection, caller: &AdminCaller, email: &str, p
         .fetch_all(&mut *conn)
         .await?;
         for (id, name) in shared {
-            let clash: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vfolders WHERE \"user\" = $1 AND name = $2)")
-                .bind(caller.user_uuid)
-                .bind(&name)
-                .fetch_one(&mut *conn)
-                .await?;
+            let clash: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM vfolders WHERE \"user\" = $1 AND name = $2)",
+            )
+            .bind(caller.user_uuid)
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await?;
             let new_name = if clash {
                 format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..10])
             } else {
