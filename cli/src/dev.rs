@@ -65,7 +65,11 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
         let id = format!("i-dev-agent-{}", i + 1);
         children.push((
             name.clone(),
-            spawn(name, &opts.config, &s(&["ag", "start-server", "--id", &id]))?,
+            spawn(
+                name,
+                &opts.config,
+                &s(&["ag", "start-server", "--id", &id, "--work-root", &format!("/tmp/backend-ai-agent/{id}")]),
+            )?,
         ));
     }
     let port = opts.addr.rsplit(':').next().unwrap_or("8081");

@@ -45,8 +45,8 @@ enum DevCommand {
     Up {
         #[arg(long, default_value_t = 2)]
         workers: usize,
-        /// Process agents to start (needs the `ag` subcommands).
-        #[arg(long, default_value_t = 0)]
+        /// Process agents to start in the default scaling group.
+        #[arg(long, default_value_t = 2)]
         agents: usize,
         #[arg(long, default_value = "0.0.0.0:8081")]
         addr: String,
