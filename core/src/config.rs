@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -227,20 +227,6 @@ impl Default for LoggingConfig {
         Self {
             level: "info".into(),
             format: "text".into(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            etcd: EtcdConfig::default(),
-            db: DbConfig::default(),
-            redis: RedisConfig::default(),
-            nats: NatsConfig::default(),
-            rabbitmq: RabbitConfig::default(),
-            manager: ManagerConfig::default(),
-            logging: LoggingConfig::default(),
         }
     }
 }

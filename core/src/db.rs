@@ -294,7 +294,7 @@ impl Db {
 
     /// Opens a SERIALIZABLE read-write transaction. Prefer [`Db::transact`], which retries.
     pub async fn begin(&self) -> Result<Txn, sqlx::Error> {
-        let inner = self.pool.begin().await?;
+        let inner = self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
         Ok(Txn {
             inner,
             _guard: self.watcher.enter(TxnKind::Generic),
@@ -303,10 +303,8 @@ impl Db {
 
     /// Opens a `READ ONLY` SERIALIZABLE transaction: any write inside it fails (25006).
     pub async fn begin_readonly(&self) -> Result<Txn, sqlx::Error> {
-        let mut inner = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION READ ONLY")
-            .execute(&mut *inner)
-            .await?;
+        // One round trip: the access mode is part of BEGIN.
+        let inner = self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").await?;
         Ok(Txn {
             inner,
             _guard: self.watcher.enter(TxnKind::ReadOnly),
