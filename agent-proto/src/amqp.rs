@@ -85,7 +85,10 @@ fn durable_exchange() -> ExchangeDeclareOptions {
 /// Arguments of the heartbeat queue (must be identical wherever it is declared).
 pub fn heartbeat_queue_args() -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert(ShortString::from("x-message-ttl"), AMQPValue::LongUInt(HEARTBEAT_TTL_MS));
+    t.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongUInt(HEARTBEAT_TTL_MS),
+    );
     t
 }
 
@@ -101,7 +104,10 @@ pub fn lifecycle_queue_args(names: &Names) -> FieldTable {
 
 fn rejected_queue_args() -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(REJECTED_MAX_LENGTH));
+    t.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(REJECTED_MAX_LENGTH),
+    );
     t
 }
 
@@ -122,8 +128,12 @@ pub async fn declare_topology(ch: &Channel, names: &Names) -> lapin::Result<()> 
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(&names.rejected_queue(), durable_queue(), rejected_queue_args())
-        .await?;
+    ch.queue_declare(
+        &names.rejected_queue(),
+        durable_queue(),
+        rejected_queue_args(),
+    )
+    .await?;
     ch.queue_bind(
         &names.rejected_queue(),
         &names.dead_letter_exchange(),
@@ -132,8 +142,12 @@ pub async fn declare_topology(ch: &Channel, names: &Names) -> lapin::Result<()> 
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(&names.heartbeat_queue(), durable_queue(), heartbeat_queue_args())
-        .await?;
+    ch.queue_declare(
+        &names.heartbeat_queue(),
+        durable_queue(),
+        heartbeat_queue_args(),
+    )
+    .await?;
     ch.queue_bind(
         &names.heartbeat_queue(),
         &names.events_exchange(),
@@ -142,8 +156,12 @@ pub async fn declare_topology(ch: &Channel, names: &Names) -> lapin::Result<()> 
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(&names.lifecycle_queue(), durable_queue(), lifecycle_queue_args(names))
-        .await?;
+    ch.queue_declare(
+        &names.lifecycle_queue(),
+        durable_queue(),
+        lifecycle_queue_args(names),
+    )
+    .await?;
     ch.queue_bind(
         &names.lifecycle_queue(),
         &names.events_exchange(),
@@ -157,15 +175,27 @@ pub async fn declare_topology(ch: &Channel, names: &Names) -> lapin::Result<()> 
 
 /// Declares an agent's durable RPC queue (no arguments: the deadline travels per message).
 pub async fn declare_rpc_queue(ch: &Channel, names: &Names, agent_id: &str) -> lapin::Result<()> {
-    ch.queue_declare(&names.rpc_queue(agent_id), durable_queue(), FieldTable::default())
-        .await?;
+    ch.queue_declare(
+        &names.rpc_queue(agent_id),
+        durable_queue(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(())
 }
 
 /// Deletes the shared topology and the RPC queues of `agent_ids` (tests, benchmarks,
 /// decommissioning a prefix). Missing objects are not an error.
-pub async fn delete_topology(conn: &Connection, names: &Names, agent_ids: &[String]) -> anyhow::Result<()> {
-    let mut queues = vec![names.heartbeat_queue(), names.lifecycle_queue(), names.rejected_queue()];
+pub async fn delete_topology(
+    conn: &Connection,
+    names: &Names,
+    agent_ids: &[String],
+) -> anyhow::Result<()> {
+    let mut queues = vec![
+        names.heartbeat_queue(),
+        names.lifecycle_queue(),
+        names.rejected_queue(),
+    ];
     queues.extend(agent_ids.iter().map(|a| names.rpc_queue(a)));
     for q in queues {
         // A failed delete (e.g. 404 on RabbitMQ versions that report it) closes the
@@ -176,7 +206,9 @@ pub async fn delete_topology(conn: &Connection, names: &Names, agent_ids: &[Stri
     }
     for ex in [names.events_exchange(), names.dead_letter_exchange()] {
         let ch = conn.create_channel().await?;
-        let _ = ch.exchange_delete(&ex, ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .exchange_delete(&ex, ExchangeDeleteOptions::default())
+            .await;
         let _ = ch.close(200, "bye").await;
     }
     Ok(())

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::de::DeserializeOwned;
@@ -160,7 +162,9 @@ struct Session {
 
 impl Session {
     fn usable(&self) -> bool {
-        self.alive.load(Ordering::Acquire) && self.conn.status().connected() && self.channel.status().connected()
+        self.alive.load(Ordering::Acquire)
+            && self.conn.status().connected()
+            && self.channel.status().connected()
     }
 }
 
@@ -196,7 +200,12 @@ impl Drop for PendingGuard<'_> {
 
 impl AgentRpcClient {
     /// Connects now (so a misconfigured URL fails at start-up, not on the first call).
-    pub async fn connect(url: &str, prefix: &str, name: &str, opts: RpcClientOptions) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        opts: RpcClientOptions,
+    ) -> anyhow::Result<Self> {
         let client = Self {
             inner: Arc::new(Inner {
                 url: url.to_string(),
@@ -227,17 +236,28 @@ impl AgentRpcClient {
             }
             tracing::info!("agent RPC connection lost; reconnecting");
         }
-        let s = Arc::new(self.open_session().await.map_err(|e| RpcError::Transport(format!("{e:#}")))?);
+        let s = Arc::new(
+            self.open_session()
+                .await
+                .map_err(|e| RpcError::Transport(format!("{e:#}")))?,
+        );
         *guard = Some(s.clone());
         Ok(s)
     }
 
     async fn open_session(&self) -> anyhow::Result<Session> {
-        let conn = amqp::connect(&self.inner.url, &self.inner.name, self.inner.opts.connect_timeout).await?;
+        let conn = amqp::connect(
+            &self.inner.url,
+            &self.inner.name,
+            self.inner.opts.connect_timeout,
+        )
+        .await?;
         let channel = conn.create_channel().await?;
         // Confirm mode: the publish future resolves once the broker has routed the
         // request, and carries the request back if it was unroutable (mandatory).
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut replies = channel
             .basic_consume(
                 DIRECT_REPLY_TO,
@@ -263,7 +283,12 @@ impl AgentRpcClient {
                             break;
                         }
                     };
-                    let Some(corr) = delivery.properties.correlation_id().as_ref().map(|c| c.to_string()) else {
+                    let Some(corr) = delivery
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|c| c.to_string())
+                    else {
                         tracing::warn!("agent RPC reply without correlation id; dropped");
                         continue;
                     };
@@ -273,7 +298,9 @@ impl AgentRpcClient {
                             let _ = tx.send(delivery.data);
                         }
                         // The caller gave up (timeout) before the agent answered.
-                        None => tracing::debug!(correlation_id = %corr, "late agent RPC reply dropped"),
+                        None => {
+                            tracing::debug!(correlation_id = %corr, "late agent RPC reply dropped")
+                        }
                     }
                 }
                 alive.store(false, Ordering::Release);
@@ -293,7 +320,12 @@ impl AgentRpcClient {
     }
 
     /// Fails fast when the agent's queue is missing or nobody consumes it.
-    async fn check_consumer(&self, session: &Session, agent_id: &str, queue: &str) -> Result<(), RpcError> {
+    async fn check_consumer(
+        &self,
+        session: &Session,
+        agent_id: &str,
+        queue: &str,
+    ) -> Result<(), RpcError> {
         let ttl = self.inner.opts.consumer_check_ttl;
         if let Ok(seen) = self.inner.consumers_seen.lock() {
             if seen.get(agent_id).is_some_and(|t| t.elapsed() < ttl) {
@@ -360,7 +392,12 @@ impl AgentRpcClient {
     }
 
     /// Sends one call and waits for its reply, at most `timeout` in total.
-    pub async fn call(&self, agent_id: &str, call: RpcCall, timeout: Duration) -> Result<Value, RpcError> {
+    pub async fn call(
+        &self,
+        agent_id: &str,
+        call: RpcCall,
+        timeout: Duration,
+    ) -> Result<Value, RpcError> {
         let method = call.method();
         let started = Instant::now();
         let timeout_ms = timeout.as_millis().max(1) as u64;
@@ -374,9 +411,12 @@ impl AgentRpcClient {
             .await
             .map_err(|_| timed_out())??;
         if self.inner.opts.check_consumers {
-            tokio::time::timeout(timeout.saturating_sub(started.elapsed()), self.check_consumer(&session, agent_id, &queue))
-                .await
-                .map_err(|_| timed_out())??;
+            tokio::time::timeout(
+                timeout.saturating_sub(started.elapsed()),
+                self.check_consumer(&session, agent_id, &queue),
+            )
+            .await
+            .map_err(|_| timed_out())??;
         }
         let correlation_id = Uuid::new_v4().simple().to_string();
         let request = RpcRequest {
@@ -384,7 +424,8 @@ impl AgentRpcClient {
             deadline_ms: now_ms() + timeout_ms as i64,
             call,
         };
-        let body = serde_json::to_vec(&request).map_err(|e| RpcError::Transport(format!("cannot encode request: {e}")))?;
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| RpcError::Transport(format!("cannot encode request: {e}")))?;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = session.pending.lock() {
             p.insert(correlation_id.clone(), tx);
@@ -423,12 +464,16 @@ impl AgentRpcClient {
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => {
                 session.alive.store(false, Ordering::Release);
-                return Err(RpcError::Transport(format!("cannot publish `{method}` to {agent_id}: {e}")));
+                return Err(RpcError::Transport(format!(
+                    "cannot publish `{method}` to {agent_id}: {e}"
+                )));
             }
             Ok(Ok(c)) => c,
         };
         if confirmation.is_nack() {
-            return Err(RpcError::Transport(format!("the broker refused `{method}` to {agent_id}")));
+            return Err(RpcError::Transport(format!(
+                "the broker refused `{method}` to {agent_id}"
+            )));
         }
         if confirmation.take_message().is_some() {
             // Returned as unroutable: the queue does not exist (any more).
@@ -466,7 +511,12 @@ impl AgentRpcClient {
         }
     }
 
-    async fn call_typed<T: DeserializeOwned>(&self, agent_id: &str, call: RpcCall, timeout: Duration) -> Result<T, RpcError> {
+    async fn call_typed<T: DeserializeOwned>(
+        &self,
+        agent_id: &str,
+        call: RpcCall,
+        timeout: Duration,
+    ) -> Result<T, RpcError> {
         let method = call.method();
         let value = self.call(agent_id, call, timeout).await?;
         serde_json::from_value(value).map_err(|e| RpcError::BadReply {
@@ -478,16 +528,30 @@ impl AgentRpcClient {
 
     /// Round trip with no side effect; returns the agent's echo of `msg`.
     pub async fn ping(&self, agent_id: &str, msg: &str) -> Result<String, RpcError> {
-        self.call_typed(agent_id, RpcCall::Ping { msg: msg.to_string() }, self.inner.opts.timeouts.ping)
-            .await
+        self.call_typed(
+            agent_id,
+            RpcCall::Ping {
+                msg: msg.to_string(),
+            },
+            self.inner.opts.timeouts.ping,
+        )
+        .await
     }
 
     /// Creates all kernels of one session on the agent. Returns once every kernel has
     /// started (bootstrap done, `kernel_started` published); if one fails, the agent
     /// destroys the others of this call and the call fails.
-    pub async fn create_kernels(&self, agent_id: &str, req: CreateKernels) -> Result<Vec<KernelCreated>, RpcError> {
-        self.call_typed(agent_id, RpcCall::CreateKernels(req), self.inner.opts.timeouts.create_kernels)
-            .await
+    pub async fn create_kernels(
+        &self,
+        agent_id: &str,
+        req: CreateKernels,
+    ) -> Result<Vec<KernelCreated>, RpcError> {
+        self.call_typed(
+            agent_id,
+            RpcCall::CreateKernels(req),
+            self.inner.opts.timeouts.create_kernels,
+        )
+        .await
     }
 
     /// Stops a kernel. The agent answers once the process has exited; the exit is also
@@ -537,10 +601,16 @@ impl AgentRpcClient {
     /// Runs code (`query`, `batch`), collects more output (`continue`), feeds input
     /// (`input`), interrupts (`interrupt`) or completes (`complete`). The deadline is the
     /// execute timeout plus the flush timeout.
-    pub async fn execute(&self, agent_id: &str, params: ExecuteParams) -> Result<ExecResult, RpcError> {
-        let flush = Duration::from_millis(params.flush_timeout_ms.unwrap_or(DEFAULT_FLUSH_TIMEOUT_MS));
+    pub async fn execute(
+        &self,
+        agent_id: &str,
+        params: ExecuteParams,
+    ) -> Result<ExecResult, RpcError> {
+        let flush =
+            Duration::from_millis(params.flush_timeout_ms.unwrap_or(DEFAULT_FLUSH_TIMEOUT_MS));
         let timeout = self.inner.opts.timeouts.execute + flush;
-        self.call_typed(agent_id, RpcCall::Execute(params), timeout).await
+        self.call_typed(agent_id, RpcCall::Execute(params), timeout)
+            .await
     }
 
     pub async fn interrupt_kernel(&self, agent_id: &str, kernel_id: Uuid) -> Result<(), RpcError> {
@@ -553,7 +623,13 @@ impl AgentRpcClient {
         .map(|_| ())
     }
 
-    pub async fn get_completions(&self, agent_id: &str, kernel_id: Uuid, text: &str, opts: Value) -> Result<Completions, RpcError> {
+    pub async fn get_completions(
+        &self,
+        agent_id: &str,
+        kernel_id: Uuid,
+        text: &str,
+        opts: Value,
+    ) -> Result<Completions, RpcError> {
         self.call_typed(
             agent_id,
             RpcCall::GetCompletions {
@@ -573,13 +649,23 @@ impl AgentRpcClient {
             logs: String,
         }
         let l: Logs = self
-            .call_typed(agent_id, RpcCall::GetLogs { kernel_id }, self.inner.opts.timeouts.get_logs)
+            .call_typed(
+                agent_id,
+                RpcCall::GetLogs { kernel_id },
+                self.inner.opts.timeouts.get_logs,
+            )
             .await?;
         Ok(l.logs)
     }
 
     /// Writes `data` to `filename` (relative to the kernel's `/home/work`).
-    pub async fn upload_file(&self, agent_id: &str, kernel_id: Uuid, filename: &str, data: &[u8]) -> Result<(), RpcError> {
+    pub async fn upload_file(
+        &self,
+        agent_id: &str,
+        kernel_id: Uuid,
+        filename: &str,
+        data: &[u8],
+    ) -> Result<(), RpcError> {
         self.call(
             agent_id,
             RpcCall::UploadFile {
@@ -594,7 +680,12 @@ impl AgentRpcClient {
     }
 
     /// A tar archive of `filepath` (relative to `/home/work`), as the original returns.
-    pub async fn download_file(&self, agent_id: &str, kernel_id: Uuid, filepath: &str) -> Result<Vec<u8>, RpcError> {
+    pub async fn download_file(
+        &self,
+        agent_id: &str,
+        kernel_id: Uuid,
+        filepath: &str,
+    ) -> Result<Vec<u8>, RpcError> {
         #[derive(serde::Deserialize)]
         struct Data {
             data: String,
@@ -618,7 +709,12 @@ impl AgentRpcClient {
             })
     }
 
-    pub async fn list_files(&self, agent_id: &str, kernel_id: Uuid, path: &str) -> Result<FileList, RpcError> {
+    pub async fn list_files(
+        &self,
+        agent_id: &str,
+        kernel_id: Uuid,
+        path: &str,
+    ) -> Result<FileList, RpcError> {
         self.call_typed(
             agent_id,
             RpcCall::ListFiles {

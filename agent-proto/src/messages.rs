@@ -91,9 +91,13 @@ pub enum AgentEvent {
     /// Every `heartbeat_interval` (3 s): registers the agent and proves it is alive.
     Heartbeat(AgentInfo),
     /// At start-up (`self-started`).
-    AgentStarted { reason: String },
+    AgentStarted {
+        reason: String,
+    },
     /// At shutdown (`shutdown`), after the agent's kernels were reported terminated.
-    AgentTerminated { reason: String },
+    AgentTerminated {
+        reason: String,
+    },
     KernelPreparing(KernelLifecycle),
     /// Only when an image must be pulled; `reason` is the canonical image name.
     KernelPulling(KernelLifecycle),
@@ -123,7 +127,9 @@ pub enum AgentEvent {
         exit_code: i32,
     },
     /// Live statistics of the agent's kernels (every 5 s); stored in Redis only.
-    KernelStats { stats: BTreeMap<Uuid, Value> },
+    KernelStats {
+        stats: BTreeMap<Uuid, Value>,
+    },
 }
 
 impl AgentEvent {
@@ -602,7 +608,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_messages() {
-        assert!(matches!(decode::<AgentMessage>(b"not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<AgentMessage>(b"not json"),
+            Err(DecodeError::Malformed(_))
+        ));
         assert!(matches!(
             decode::<AgentMessage>(br#"{"v":9,"id":"x"}"#),
             Err(DecodeError::Version { found: 9 })
@@ -632,7 +641,10 @@ mod tests {
             files: vec![],
         };
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["console"], serde_json::json!([["stdout", "ab"], ["stderr", "c"]]));
+        assert_eq!(
+            v["console"],
+            serde_json::json!([["stdout", "ab"], ["stderr", "c"]])
+        );
         assert_eq!(v["exitCode"], 0);
         assert_eq!(v["runId"], "r");
     }

@@ -28,7 +28,9 @@ impl EventPublisher {
         let heartbeats = conn.create_channel().await?;
         amqp::declare_topology(&heartbeats, names).await?;
         let events = conn.create_channel().await?;
-        events.confirm_select(ConfirmSelectOptions::default()).await?;
+        events
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             names: names.clone(),
             exchange: names.events_exchange(),
@@ -44,7 +46,8 @@ impl EventPublisher {
     /// Publishes one event of `agent_id`. Heartbeats are fire-and-forget; everything else
     /// waits for the broker's confirm and fails if it did not come.
     pub async fn publish(&self, agent_id: &str, event: AgentEvent) -> anyhow::Result<()> {
-        self.publish_message(&AgentMessage::new(agent_id, event)).await
+        self.publish_message(&AgentMessage::new(agent_id, event))
+            .await
     }
 
     pub async fn publish_message(&self, msg: &AgentMessage) -> anyhow::Result<()> {
@@ -61,13 +64,25 @@ impl EventPublisher {
         if heartbeat {
             // On a channel without confirms the returned future is already resolved.
             self.heartbeats
-                .basic_publish(&self.exchange, &routing_key, BasicPublishOptions::default(), &body, props)
+                .basic_publish(
+                    &self.exchange,
+                    &routing_key,
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
                 .await?;
             return Ok(());
         }
         let confirm = self
             .events
-            .basic_publish(&self.exchange, &routing_key, BasicPublishOptions::default(), &body, props)
+            .basic_publish(
+                &self.exchange,
+                &routing_key,
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
             .await?
             .await?;
         if confirm.is_nack() {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde_json::Value;
@@ -42,7 +44,12 @@ pub async fn serve<H: RpcHandler>(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let mut consumer = channel
-        .basic_consume(&queue, &consumer_tag, BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            &queue,
+            &consumer_tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut tasks = JoinSet::new();
     let result = loop {
@@ -62,19 +69,33 @@ pub async fn serve<H: RpcHandler>(
         while tasks.try_join_next().is_some() {}
     };
     if shutdown.is_cancelled() && channel.status().connected() {
-        let _ = channel.basic_cancel(&consumer_tag, BasicCancelOptions::default()).await;
+        let _ = channel
+            .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+            .await;
     }
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     result
 }
 
-async fn handle_delivery<H: RpcHandler>(delivery: Delivery, handler: Arc<H>, reply_channel: Channel) {
+async fn handle_delivery<H: RpcHandler>(
+    delivery: Delivery,
+    handler: Arc<H>,
+    reply_channel: Channel,
+) {
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "could not ack an RPC request");
     }
-    let reply_to = delivery.properties.reply_to().as_ref().map(|s| s.to_string());
-    let correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.to_string());
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.to_string());
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|s| s.to_string());
     let outcome = match decode::<RpcRequest>(&delivery.data) {
         Err(e) => {
             tracing::warn!(error = %e, "malformed RPC request rejected");
@@ -82,7 +103,11 @@ async fn handle_delivery<H: RpcHandler>(delivery: Delivery, handler: Arc<H>, rep
         }
         Ok(req) if req.deadline_ms < now_ms() => {
             // The caller has given up already; running the call would only do harm.
-            tracing::warn!(method = req.call.method(), late_ms = now_ms() - req.deadline_ms, "dropping an RPC request past its deadline");
+            tracing::warn!(
+                method = req.call.method(),
+                late_ms = now_ms() - req.deadline_ms,
+                "dropping an RPC request past its deadline"
+            );
             return;
         }
         Ok(req) => {

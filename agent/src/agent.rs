@@ -133,7 +133,11 @@ impl Agent {
         let agent = Self::new(cfg);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.clone().run(shutdown.clone()));
-        AgentHandle { agent, shutdown, task }
+        AgentHandle {
+            agent,
+            shutdown,
+            task,
+        }
     }
 
     pub fn names(&self) -> &Names {
@@ -145,10 +149,9 @@ impl Agent {
     }
 
     fn kernel(&self, id: Uuid) -> Result<Arc<Kernel>, RemoteError> {
-        lock(&self.kernels)
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| RemoteError::not_found(format!("no kernel {id} on agent {}", self.cfg.id)))
+        lock(&self.kernels).get(&id).cloned().ok_or_else(|| {
+            RemoteError::not_found(format!("no kernel {id} on agent {}", self.cfg.id))
+        })
     }
 
     /// What a heartbeat says about this agent.
@@ -157,7 +160,10 @@ impl Agent {
         plugins.insert("cpu".into(), json!({"version": self.cfg.version}));
         for slot in self.cfg.slots.keys() {
             if let Some((dev, _)) = slot.split_once('.') {
-                plugins.insert(dev.to_string(), json!({"version": self.cfg.version, "fake": true}));
+                plugins.insert(
+                    dev.to_string(),
+                    json!({"version": self.cfg.version, "fake": true}),
+                );
             }
         }
         AgentInfo {
@@ -175,9 +181,14 @@ impl Agent {
 
     /// Runs until `shutdown`, then stops gracefully.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::fs::create_dir_all(&self.cfg.work_root).await.map_err(|e| {
-            anyhow::anyhow!("cannot create the work root {}: {e}", self.cfg.work_root.display())
-        })?;
+        tokio::fs::create_dir_all(&self.cfg.work_root)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the work root {}: {e}",
+                    self.cfg.work_root.display()
+                )
+            })?;
         if let Some(rx) = lock(&self.outbox).take() {
             tokio::spawn(self.link.clone().run_outbox(rx, self.background.clone()));
         }
@@ -192,7 +203,9 @@ impl Agent {
             match self.serve_once(&shutdown).await {
                 Ok(()) if shutdown.is_cancelled() => break,
                 Ok(()) => tracing::warn!("RPC consumer ended; reconnecting"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "agent connection failed; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "agent connection failed; reconnecting")
+                }
             }
             self.link.set_publisher(None);
             tokio::select! {
@@ -222,12 +235,18 @@ impl Agent {
     /// One connection's lifetime: returns when it fails or at shutdown (the connection
     /// then stays open for the final events).
     async fn serve_once(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let conn = amqp::connect(&self.cfg.amqp_url, &format!("agent:{}", self.cfg.id), Duration::from_secs(5)).await?;
+        let conn = amqp::connect(
+            &self.cfg.amqp_url,
+            &format!("agent:{}", self.cfg.id),
+            Duration::from_secs(5),
+        )
+        .await?;
         *lock(&self.conn) = Some(conn.clone());
         let publisher = EventPublisher::open(&conn, &self.names).await?;
         self.link.set_publisher(Some(publisher));
         let rpc = conn.create_channel().await?;
-        rpc.basic_qos(self.cfg.rpc_prefetch, BasicQosOptions::default()).await?;
+        rpc.basic_qos(self.cfg.rpc_prefetch, BasicQosOptions::default())
+            .await?;
         amqp::declare_rpc_queue(&rpc, &self.names, &self.cfg.id).await?;
         let replies = conn.create_channel().await?;
         tracing::info!(agent_id = %self.cfg.id, "connected; serving RPC");
@@ -265,7 +284,11 @@ impl Agent {
                 _ = self.background.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let stats: BTreeMap<Uuid, Value> = self.kernel_list().iter().map(|k| (k.id, k.stats())).collect();
+            let stats: BTreeMap<Uuid, Value> = self
+                .kernel_list()
+                .iter()
+                .map(|k| (k.id, k.stats()))
+                .collect();
             if !stats.is_empty() {
                 self.link.send_now(AgentEvent::KernelStats { stats }).await;
             }
@@ -299,24 +322,42 @@ impl Agent {
                 self.kernel(kernel_id)?.interrupt();
                 Ok(json!({}))
             }
-            RpcCall::GetCompletions { kernel_id, text, .. } => {
-                let items = self.kernel(kernel_id)?.complete(&text, Duration::from_secs(2)).await;
+            RpcCall::GetCompletions {
+                kernel_id, text, ..
+            } => {
+                let items = self
+                    .kernel(kernel_id)?
+                    .complete(&text, Duration::from_secs(2))
+                    .await;
                 Ok(json!({"status": "finished", "completions": items}))
             }
-            RpcCall::GetLogs { kernel_id } => Ok(json!({"logs": self.kernel(kernel_id)?.logs().await})),
-            RpcCall::UploadFile { kernel_id, filename, data } => {
+            RpcCall::GetLogs { kernel_id } => {
+                Ok(json!({"logs": self.kernel(kernel_id)?.logs().await}))
+            }
+            RpcCall::UploadFile {
+                kernel_id,
+                filename,
+                data,
+            } => {
                 let k = self.kernel(kernel_id)?;
                 let bytes = data_encoding::BASE64
                     .decode(data.as_bytes())
                     .map_err(|e| RemoteError::invalid(format!("file data is not base64: {e}")))?;
                 let path = k.resolve(&filename)?;
                 if let Some(parent) = path.parent() {
-                    tokio::fs::create_dir_all(parent).await.map_err(|e| RemoteError::internal(e.to_string()))?;
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|e| RemoteError::internal(e.to_string()))?;
                 }
-                tokio::fs::write(&path, bytes).await.map_err(|e| RemoteError::internal(e.to_string()))?;
+                tokio::fs::write(&path, bytes)
+                    .await
+                    .map_err(|e| RemoteError::internal(e.to_string()))?;
                 Ok(json!({}))
             }
-            RpcCall::DownloadFile { kernel_id, filepath } => {
+            RpcCall::DownloadFile {
+                kernel_id,
+                filepath,
+            } => {
                 let k = self.kernel(kernel_id)?;
                 let tar = download(&k.resolve(&filepath)?).await?;
                 Ok(json!({"data": data_encoding::BASE64.encode(&tar)}))
@@ -324,9 +365,12 @@ impl Agent {
             RpcCall::ListFiles { kernel_id, path } => {
                 let k = self.kernel(kernel_id)?;
                 let target = k.resolve(&path)?;
-                serde_json::to_value(list_files(&k.work, &target)).map_err(|e| RemoteError::internal(e.to_string()))
+                serde_json::to_value(list_files(&k.work, &target))
+                    .map_err(|e| RemoteError::internal(e.to_string()))
             }
-            RpcCall::ResetAgent { reason } => Ok(json!({"destroyed": self.destroy_all(&reason).await})),
+            RpcCall::ResetAgent { reason } => {
+                Ok(json!({"destroyed": self.destroy_all(&reason).await}))
+            }
         }
     }
 
@@ -375,9 +419,17 @@ impl Agent {
 
     /// The kernel's environment (orchestration.md §1.3): a clean base, the user's
     /// variables, then the session-wide and per-kernel `BACKENDAI_*` variables.
-    pub fn build_env(&self, req: &CreateKernels, k: &KernelConfig, work: &Path) -> Vec<(String, String)> {
+    pub fn build_env(
+        &self,
+        req: &CreateKernels,
+        k: &KernelConfig,
+        work: &Path,
+    ) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
         env.insert("HOME".into(), work.display().to_string());
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("TERM".into(), "xterm".into());
@@ -405,10 +457,16 @@ impl Agent {
         };
         let vars = [
             ("BACKENDAI_SESSION_ID", req.session_id.to_string()),
-            ("BACKENDAI_SESSION_NAME", req.session_name.clone().unwrap_or_default()),
+            (
+                "BACKENDAI_SESSION_NAME",
+                req.session_name.clone().unwrap_or_default(),
+            ),
             ("BACKENDAI_KERNEL_ID", k.kernel_id.to_string()),
             ("BACKENDAI_KERNEL_IMAGE", k.image.canonical.clone()),
-            ("BACKENDAI_CLUSTER_SIZE", req.cluster_info.size.max(1).to_string()),
+            (
+                "BACKENDAI_CLUSTER_SIZE",
+                req.cluster_info.size.max(1).to_string(),
+            ),
             ("BACKENDAI_CLUSTER_REPLICAS", replicas),
             ("BACKENDAI_CLUSTER_HOSTS", hosts),
             ("BACKENDAI_CLUSTER_ROLE", k.cluster_role.clone()),
@@ -423,7 +481,12 @@ impl Agent {
 
     /// Prepares, bootstraps and starts one kernel; reports `kernel_started` once the runner
     /// is ready. With `restart`, the kernel's work directory is reused and no bootstrap runs.
-    async fn start_kernel(self: &Arc<Self>, req: &CreateKernels, k: &KernelConfig, restart: bool) -> Result<KernelCreated, RemoteError> {
+    async fn start_kernel(
+        self: &Arc<Self>,
+        req: &CreateKernels,
+        k: &KernelConfig,
+        restart: bool,
+    ) -> Result<KernelCreated, RemoteError> {
         let kid = k.kernel_id;
         if !restart {
             if let Ok(existing) = self.kernel(kid) {
@@ -440,9 +503,16 @@ impl Agent {
         if !restart {
             self.link.emit(AgentEvent::KernelPreparing(lifecycle("")));
         }
-        let runtime: RuntimeKind = self.cfg.runtimes.resolve(&k.image.canonical).ok_or_else(|| {
-            RemoteError::new("unsupported", format!("no runtime configured for image {}", k.image.canonical))
-        })?;
+        let runtime: RuntimeKind =
+            self.cfg
+                .runtimes
+                .resolve(&k.image.canonical)
+                .ok_or_else(|| {
+                    RemoteError::new(
+                        "unsupported",
+                        format!("no runtime configured for image {}", k.image.canonical),
+                    )
+                })?;
         if !restart {
             self.link.emit(AgentEvent::KernelCreating(lifecycle("")));
         }
@@ -453,11 +523,20 @@ impl Agent {
             .map_err(|e| RemoteError::internal(format!("cannot create {}: {e}", work.display())))?;
         let env = self.build_env(req, k, &work);
         if !restart {
-            if let Some(script) = k.bootstrap_script.as_deref().filter(|s| !s.trim().is_empty()) {
-                match kernel::run_script(&dir, &env, script, None, self.cfg.bootstrap_timeout).await {
+            if let Some(script) = k
+                .bootstrap_script
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+            {
+                match kernel::run_script(&dir, &env, script, None, self.cfg.bootstrap_timeout).await
+                {
                     Ok(0) => {}
-                    Ok(code) => tracing::warn!(kernel_id = %kid, code, "bootstrap script failed; starting the kernel anyway"),
-                    Err(e) => tracing::warn!(kernel_id = %kid, error = %e, "bootstrap script did not finish"),
+                    Ok(code) => {
+                        tracing::warn!(kernel_id = %kid, code, "bootstrap script failed; starting the kernel anyway")
+                    }
+                    Err(e) => {
+                        tracing::warn!(kernel_id = %kid, error = %e, "bootstrap script did not finish")
+                    }
                 }
             }
         }
@@ -480,11 +559,27 @@ impl Agent {
         match tokio::time::timeout(self.cfg.start_timeout, ready_rx).await {
             Ok(Ok(())) => {}
             outcome => {
-                let why = if outcome.is_err() { "did not become ready in time" } else { "exited during start-up" };
-                let _ = kernel.terminate("failed-to-start", true, self.cfg.destroy_grace).await;
+                let why = if outcome.is_err() {
+                    "did not become ready in time"
+                } else {
+                    "exited during start-up"
+                };
+                let _ = kernel
+                    .terminate("failed-to-start", true, self.cfg.destroy_grace)
+                    .await;
                 let logs = kernel.logs().await;
-                let tail: String = logs.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(RemoteError::new("start-failed", format!("kernel {kid} {why}: {tail}")));
+                let tail: String = logs
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(RemoteError::new(
+                    "start-failed",
+                    format!("kernel {kid} {why}: {tail}"),
+                ));
             }
         }
         if !restart && k.session_type.eq_ignore_ascii_case("batch") {
@@ -497,7 +592,11 @@ impl Agent {
             kernel_id: kid,
             session_id: req.session_id,
             creation_id: req.creation_id.clone(),
-            reason: if restart { "restarted".into() } else { String::new() },
+            reason: if restart {
+                "restarted".into()
+            } else {
+                String::new()
+            },
             container_id: Some(created.container_id.clone()),
             kernel_host: Some(created.kernel_host.clone()),
             service_ports: Vec::new(),
@@ -514,7 +613,6 @@ impl Agent {
                 -1
             }
         };
-        kernel.mark_exited(code);
         {
             let mut map = lock(&self.kernels);
             if map.get(&kernel.id).is_some_and(|k| Arc::ptr_eq(k, &kernel)) {
@@ -527,6 +625,8 @@ impl Agent {
             None => ("self-terminated".to_string(), false),
         };
         tracing::info!(kernel_id = %kernel.id, code, reason, "kernel exited");
+        // Queue the event *before* waking whoever waits for the exit (destroy, shutdown):
+        // everything they emit afterwards (e.g. `agent_terminated`) follows it in order.
         if !suppress {
             self.link.emit(AgentEvent::KernelTerminated {
                 kernel_id: kernel.id,
@@ -535,6 +635,7 @@ impl Agent {
                 exit_code: code,
             });
         }
+        kernel.mark_exited(code);
         kernel.close_log();
         if reason != RESTARTING && !self.cfg.keep_work_dirs {
             if let Err(e) = tokio::fs::remove_dir_all(&kernel.dir).await {
@@ -545,7 +646,14 @@ impl Agent {
 
     /// A batch session's startup command; reports `session_success` / `session_failure`.
     async fn run_batch(self: Arc<Self>, kernel: Arc<Kernel>, cmd: String) {
-        let outcome = kernel::run_script(&kernel.dir, &kernel.env, &cmd, Some(kernel.pid), Duration::from_secs(365 * 24 * 3600)).await;
+        let outcome = kernel::run_script(
+            &kernel.dir,
+            &kernel.env,
+            &cmd,
+            Some(kernel.pid),
+            Duration::from_secs(365 * 24 * 3600),
+        )
+        .await;
         let code = outcome.unwrap_or(-1);
         if kernel.stop_request().is_some() {
             self.link.emit(AgentEvent::SessionFailure {
@@ -573,7 +681,12 @@ impl Agent {
 
     /// Stops a kernel and waits for the process to exit. An unknown kernel is reported as
     /// `already-terminated`, so the manager's view converges.
-    pub async fn destroy(&self, kernel_id: Uuid, reason: &str, suppress_events: bool) -> Result<(), RemoteError> {
+    pub async fn destroy(
+        &self,
+        kernel_id: Uuid,
+        reason: &str,
+        suppress_events: bool,
+    ) -> Result<(), RemoteError> {
         let Ok(k) = self.kernel(kernel_id) else {
             if !suppress_events {
                 self.link.emit(AgentEvent::KernelTerminated {
@@ -585,24 +698,40 @@ impl Agent {
             }
             return Ok(());
         };
-        k.terminate(reason, suppress_events, self.cfg.destroy_grace).await;
+        k.terminate(reason, suppress_events, self.cfg.destroy_grace)
+            .await;
         Ok(())
     }
 
     async fn destroy_all(&self, reason: &str) -> Vec<Uuid> {
         let kernels = self.kernel_list();
         let ids = kernels.iter().map(|k| k.id).collect();
-        futures::future::join_all(kernels.iter().map(|k| k.terminate(reason, false, self.cfg.destroy_grace))).await;
+        futures::future::join_all(
+            kernels
+                .iter()
+                .map(|k| k.terminate(reason, false, self.cfg.destroy_grace)),
+        )
+        .await;
         ids
     }
 
-    async fn restart(self: &Arc<Self>, creation_id: &str, session_id: Uuid, kernel_id: Uuid) -> Result<Value, RemoteError> {
+    async fn restart(
+        self: &Arc<Self>,
+        creation_id: &str,
+        session_id: Uuid,
+        kernel_id: Uuid,
+    ) -> Result<Value, RemoteError> {
         let old = self.kernel(kernel_id)?;
-        old.terminate(RESTARTING, true, self.cfg.destroy_grace).await;
+        old.terminate(RESTARTING, true, self.cfg.destroy_grace)
+            .await;
         let req = CreateKernels {
             creation_id: creation_id.to_string(),
             session_id,
-            session_name: old.env.iter().find(|(k, _)| k == "BACKENDAI_SESSION_NAME").map(|(_, v)| v.clone()),
+            session_name: old
+                .env
+                .iter()
+                .find(|(k, _)| k == "BACKENDAI_SESSION_NAME")
+                .map(|(_, v)| v.clone()),
             kernels: vec![old.config.clone()],
             cluster_info: cluster_info_from_env(&old.env),
         };
@@ -620,7 +749,10 @@ impl Agent {
 
     async fn execute(&self, p: ExecuteParams) -> Result<ExecResult, RemoteError> {
         let kernel = self.kernel(p.kernel_id)?;
-        let flush = Duration::from_millis(p.flush_timeout_ms.unwrap_or(client::DEFAULT_FLUSH_TIMEOUT_MS));
+        let flush = Duration::from_millis(
+            p.flush_timeout_ms
+                .unwrap_or(client::DEFAULT_FLUSH_TIMEOUT_MS),
+        );
         match p.mode {
             ExecMode::Query | ExecMode::Batch => {
                 let run_id = kernel.start_run(p.mode, p.run_id, &p.code, &p.opts).await?;
@@ -674,7 +806,12 @@ fn container_id(k: &Kernel) -> String {
 }
 
 fn cluster_info_from_env(env: &[(String, String)]) -> ClusterInfo {
-    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     ClusterInfo {
         mode: "single-node".into(),
         size: get("BACKENDAI_CLUSTER_SIZE").parse().unwrap_or(1),
@@ -699,7 +836,9 @@ async fn download(path: &Path) -> Result<Vec<u8>, RemoteError> {
         return Err(RemoteError::not_found("The file is not found."));
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(RemoteError::invalid("cannot download the work directory itself"));
+        return Err(RemoteError::invalid(
+            "cannot download the work directory itself",
+        ));
     };
     let out = tokio::process::Command::new("tar")
         .arg("-cf")
@@ -711,7 +850,9 @@ async fn download(path: &Path) -> Result<Vec<u8>, RemoteError> {
         .await
         .map_err(|e| RemoteError::internal(format!("cannot run tar: {e}")))?;
     if !out.status.success() {
-        return Err(RemoteError::internal(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(RemoteError::internal(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
     Ok(out.stdout)
 }

@@ -55,7 +55,11 @@ pub struct StartServerArgs {
     #[arg(long = "slot", env = "BAI_AGENT_SLOTS", value_delimiter = ',')]
     pub slots: Vec<String>,
     /// Kernels live in <work-root>/<kernel-id>/work.
-    #[arg(long, env = "BAI_AGENT_WORK_ROOT", default_value = "/tmp/backend-ai-agent")]
+    #[arg(
+        long,
+        env = "BAI_AGENT_WORK_ROOT",
+        default_value = "/tmp/backend-ai-agent"
+    )]
     pub work_root: PathBuf,
     /// Keep kernel directories after the kernel exits.
     #[arg(long, env = "BAI_AGENT_KEEP_WORK_DIRS")]
@@ -121,7 +125,10 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn apply_slots(slots: &mut std::collections::BTreeMap<String, String>, specs: &[String]) -> anyhow::Result<()> {
+fn apply_slots(
+    slots: &mut std::collections::BTreeMap<String, String>,
+    specs: &[String],
+) -> anyhow::Result<()> {
     for spec in specs {
         let (name, value) = spec
             .split_once('=')
@@ -137,7 +144,10 @@ impl StartServerArgs {
         if id.is_empty() || id.len() > 64 {
             anyhow::bail!("agent id must be 1 to 64 characters");
         }
-        let url = self.conn.rabbitmq_url.unwrap_or_else(|| defaults.amqp_url.clone());
+        let url = self
+            .conn
+            .rabbitmq_url
+            .unwrap_or_else(|| defaults.amqp_url.clone());
         let prefix = self.conn.prefix.unwrap_or_else(|| defaults.prefix.clone());
         let mut cfg = AgentConfig::new(&id, &url, &prefix, self.work_root);
         cfg.scaling_group = self.scaling_group;
@@ -166,14 +176,20 @@ impl StartServerArgs {
 
 impl SimulateArgs {
     pub fn into_config(self, defaults: &Defaults) -> anyhow::Result<SimConfig> {
-        let url = self.conn.rabbitmq_url.unwrap_or_else(|| defaults.amqp_url.clone());
+        let url = self
+            .conn
+            .rabbitmq_url
+            .unwrap_or_else(|| defaults.amqp_url.clone());
         let prefix = self.conn.prefix.unwrap_or_else(|| defaults.prefix.clone());
         let mut cfg = SimConfig::new(self.count, &url, &prefix);
         cfg.id_prefix = self.id_prefix;
         cfg.scaling_group = self.scaling_group;
         cfg.region = self.region;
         cfg.slots.clear();
-        apply_slots(&mut cfg.slots, &[format!("cpu={}", self.cpu), format!("mem={}", self.mem)])?;
+        apply_slots(
+            &mut cfg.slots,
+            &[format!("cpu={}", self.cpu), format!("mem={}", self.mem)],
+        )?;
         apply_slots(&mut cfg.slots, &self.slots)?;
         cfg.heartbeat_interval = secs(self.heartbeat_interval, "--heartbeat-interval")?;
         cfg.start_delay = Duration::from_millis(self.start_delay_ms);
@@ -184,7 +200,11 @@ impl SimulateArgs {
 }
 
 /// Runs an `ag` subcommand until `shutdown` (SIGINT/SIGTERM in the binary).
-pub async fn run(cmd: AgCommand, defaults: Defaults, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cmd: AgCommand,
+    defaults: Defaults,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match cmd {
         AgCommand::StartServer(args) => {
             let cfg = args.into_config(&defaults)?;

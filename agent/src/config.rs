@@ -72,11 +72,12 @@ impl RuntimeTable {
     pub fn with_rules(mut self, specs: &[String]) -> anyhow::Result<Self> {
         let mut extra = Vec::new();
         for spec in specs {
-            let (pat, kind) = spec
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("runtime rule `{spec}` is not PATTERN=python|bash"))?;
-            let kind = RuntimeKind::parse(kind)
-                .ok_or_else(|| anyhow::anyhow!("runtime rule `{spec}`: unknown runtime `{kind}` (python or bash)"))?;
+            let (pat, kind) = spec.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("runtime rule `{spec}` is not PATTERN=python|bash")
+            })?;
+            let kind = RuntimeKind::parse(kind).ok_or_else(|| {
+                anyhow::anyhow!("runtime rule `{spec}`: unknown runtime `{kind}` (python or bash)")
+            })?;
             if pat == "*" {
                 self.default = Some(kind);
             } else {
@@ -125,8 +126,17 @@ impl AgentConfig {
     pub fn new(id: &str, amqp_url: &str, prefix: &str, work_root: PathBuf) -> Self {
         let ip = "127.0.0.1".to_string();
         let mut slots = BTreeMap::new();
-        slots.insert("cpu".to_string(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string());
-        slots.insert("mem".to_string(), total_memory().unwrap_or(1 << 30).to_string());
+        slots.insert(
+            "cpu".to_string(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string(),
+        );
+        slots.insert(
+            "mem".to_string(),
+            total_memory().unwrap_or(1 << 30).to_string(),
+        );
         Self {
             id: id.to_string(),
             scaling_group: "default".into(),
@@ -155,7 +165,8 @@ impl AgentConfig {
     pub fn set_slot(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
         let normalized = normalize_slot(name, value)?;
         self.slots.insert(name.to_string(), normalized);
-        self.slot_types.insert(name.to_string(), slot_type(name).to_string());
+        self.slot_types
+            .insert(name.to_string(), slot_type(name).to_string());
         Ok(())
     }
 }
@@ -169,7 +180,10 @@ pub fn slot_type(name: &str) -> &'static str {
 }
 
 fn default_slot_types(slots: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    slots.keys().map(|k| (k.clone(), slot_type(k).to_string())).collect()
+    slots
+        .keys()
+        .map(|k| (k.clone(), slot_type(k).to_string()))
+        .collect()
 }
 
 /// Parses a slot amount the way the original does (schema-graphql.md §1.4): byte slots
@@ -243,12 +257,19 @@ mod tests {
     #[test]
     fn runtime_table() {
         let t = RuntimeTable::default();
-        assert_eq!(t.resolve("cr.backend.ai/stable/python:3.9-ubuntu20.04"), Some(RuntimeKind::Python));
+        assert_eq!(
+            t.resolve("cr.backend.ai/stable/python:3.9-ubuntu20.04"),
+            Some(RuntimeKind::Python)
+        );
         assert_eq!(t.resolve("lablup/shell:latest"), Some(RuntimeKind::Shell));
         assert_eq!(t.resolve("something/else"), Some(RuntimeKind::Python));
-        let t = t.with_rules(&["r-base=bash".into(), "*=bash".into()]).unwrap();
+        let t = t
+            .with_rules(&["r-base=bash".into(), "*=bash".into()])
+            .unwrap();
         assert_eq!(t.resolve("lablup/r-base:4"), Some(RuntimeKind::Shell));
         assert_eq!(t.resolve("something/else"), Some(RuntimeKind::Shell));
-        assert!(RuntimeTable::default().with_rules(&["x=ruby".into()]).is_err());
+        assert!(RuntimeTable::default()
+            .with_rules(&["x=ruby".into()])
+            .is_err());
     }
 }

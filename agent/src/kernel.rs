@@ -109,7 +109,9 @@ pub async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RemoteError> {
     let runner = spec.dir.join("runner.py");
     tokio::fs::write(&runner, RUNNER_PY).await.map_err(bad)?;
     let environ: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    tokio::fs::write(spec.dir.join("environ.txt"), environ).await.map_err(bad)?;
+    tokio::fs::write(spec.dir.join("environ.txt"), environ)
+        .await
+        .map_err(bad)?;
     let log_path = spec.dir.join("kernel.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -131,8 +133,12 @@ pub async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RemoteError> {
         // Dropping the handle (agent crash or abort) must not leave the process behind.
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| RemoteError::internal(format!("cannot start {}: {e}", spec.python.display())))?;
-    let pid = child.id().ok_or_else(|| RemoteError::internal("the kernel exited at once"))?;
+        .map_err(|e| {
+            RemoteError::internal(format!("cannot start {}: {e}", spec.python.display()))
+        })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| RemoteError::internal("the kernel exited at once"))?;
     let stdin = child.stdin.take().ok_or_else(|| bad("no stdin"))?;
     let stdout = child.stdout.take().ok_or_else(|| bad("no stdout"))?;
     let (exit, _) = watch::channel(None);
@@ -156,7 +162,11 @@ pub async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RemoteError> {
         next_req: AtomicU64::new(1),
         log: Mutex::new(Some(log)),
     });
-    Ok(Spawned { kernel, child, stdout })
+    Ok(Spawned {
+        kernel,
+        child,
+        stdout,
+    })
 }
 
 /// Runs a shell snippet (bootstrap script, batch startup command) with the kernel's
@@ -185,13 +195,18 @@ pub async fn run_script(
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
     cmd.process_group(process_group.map(|p| p as i32).unwrap_or(0));
-    let mut child = cmd.spawn().map_err(|e| RemoteError::internal(format!("cannot run bash: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RemoteError::internal(format!("cannot run bash: {e}")))?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => Ok(exit_code(status)),
         Ok(Err(e)) => Err(bad(e)),
         Err(_) => {
             let _ = child.kill().await;
-            Err(RemoteError::new("timeout", format!("script did not finish within {timeout:?}")))
+            Err(RemoteError::new(
+                "timeout",
+                format!("script did not finish within {timeout:?}"),
+            ))
         }
     }
 }
@@ -226,7 +241,10 @@ impl Kernel {
                     }
                 }
                 Some("out") => {
-                    let stream = msg.get("stream").and_then(Value::as_str).unwrap_or("stdout");
+                    let stream = msg
+                        .get("stream")
+                        .and_then(Value::as_str)
+                        .unwrap_or("stdout");
                     let data = msg.get("data").and_then(Value::as_str).unwrap_or("");
                     self.log_line(data);
                     let mut run = self.lock_run();
@@ -237,7 +255,10 @@ impl Kernel {
                     self.changed.notify_waiters();
                 }
                 Some("waiting-input") => {
-                    let is_password = msg.get("is_password").and_then(Value::as_bool).unwrap_or(false);
+                    let is_password = msg
+                        .get("is_password")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
                     let mut run = self.lock_run();
                     if run.run_id.as_deref() == run_id {
                         run.waiting = Some(is_password);
@@ -261,7 +282,12 @@ impl Kernel {
                         .get("items")
                         .and_then(|v| serde_json::from_value(v.clone()).ok())
                         .unwrap_or_default();
-                    if let Some(tx) = self.completions.lock().ok().and_then(|mut c| c.remove(&req)) {
+                    if let Some(tx) = self
+                        .completions
+                        .lock()
+                        .ok()
+                        .and_then(|mut c| c.remove(&req))
+                    {
                         let _ = tx.send(items);
                     }
                 }
@@ -336,7 +362,12 @@ impl Kernel {
     }
 
     /// SIGTERM the group, wait `grace`, then SIGKILL. Returns the exit code.
-    pub async fn terminate(&self, reason: &str, suppress_events: bool, grace: Duration) -> Option<i32> {
+    pub async fn terminate(
+        &self,
+        reason: &str,
+        suppress_events: bool,
+        grace: Duration,
+    ) -> Option<i32> {
         self.request_stop(reason, suppress_events);
         if let Some(code) = self.exit_code() {
             return Some(code);
@@ -354,15 +385,23 @@ impl Kernel {
         let mut line = serde_json::to_vec(&cmd).map_err(bad)?;
         line.push(b'\n');
         let mut stdin = self.stdin.lock().await;
-        stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| RemoteError::new("kernel-gone", format!("kernel {} is not running: {e}", self.id)))?;
+        stdin.write_all(&line).await.map_err(|e| {
+            RemoteError::new(
+                "kernel-gone",
+                format!("kernel {} is not running: {e}", self.id),
+            )
+        })?;
         stdin.flush().await.map_err(bad)
     }
 
     /// Starts a run (`query` or `batch`). Fails with `busy` while another run is going on.
-    pub async fn start_run(&self, mode: ExecMode, run_id: Option<String>, code: &str, opts: &Value) -> Result<String, RemoteError> {
+    pub async fn start_run(
+        &self,
+        mode: ExecMode,
+        run_id: Option<String>,
+        code: &str,
+        opts: &Value,
+    ) -> Result<String, RemoteError> {
         let run_id = run_id
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
@@ -384,19 +423,30 @@ impl Kernel {
                 ..Default::default()
             };
         }
-        let op = if mode == ExecMode::Batch { "batch" } else { "exec" };
+        let op = if mode == ExecMode::Batch {
+            "batch"
+        } else {
+            "exec"
+        };
         self.send(json!({"op": op, "run_id": run_id, "code": code, "opts": opts}))
             .await?;
         Ok(run_id)
     }
 
     /// Feeds a line of input to a run that waits for it.
-    pub async fn feed_input(&self, run_id: Option<&str>, data: &str) -> Result<String, RemoteError> {
+    pub async fn feed_input(
+        &self,
+        run_id: Option<&str>,
+        data: &str,
+    ) -> Result<String, RemoteError> {
         let current = {
             let mut run = self.lock_run();
             let current = run.run_id.clone().unwrap_or_default();
             if run_id.is_some_and(|r| r != current) || !run.busy {
-                return Err(RemoteError::not_found(format!("no run {} waits for input", run_id.unwrap_or(""))));
+                return Err(RemoteError::not_found(format!(
+                    "no run {} waits for input",
+                    run_id.unwrap_or("")
+                )));
             }
             run.waiting = None;
             current
@@ -416,11 +466,20 @@ impl Kernel {
             {
                 let mut run = self.lock_run();
                 if run.run_id.as_deref() != Some(run_id) {
-                    return Err(RemoteError::not_found(format!("no run {run_id} in kernel {}", self.id)));
+                    return Err(RemoteError::not_found(format!(
+                        "no run {run_id} in kernel {}",
+                        self.id
+                    )));
                 }
                 if let Some(code) = run.finished {
                     run.busy = false;
-                    return Ok(result(run_id, "finished", std::mem::take(&mut run.console), Some(code), Some(json!({}))));
+                    return Ok(result(
+                        run_id,
+                        "finished",
+                        std::mem::take(&mut run.console),
+                        Some(code),
+                        Some(json!({})),
+                    ));
                 }
                 if let Some(is_password) = run.waiting {
                     return Ok(result(
@@ -432,7 +491,13 @@ impl Kernel {
                     ));
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Ok(result(run_id, "continued", std::mem::take(&mut run.console), None, None));
+                    return Ok(result(
+                        run_id,
+                        "continued",
+                        std::mem::take(&mut run.console),
+                        None,
+                        None,
+                    ));
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
@@ -458,10 +523,17 @@ impl Kernel {
         if let Ok(mut c) = self.completions.lock() {
             c.insert(req, tx);
         }
-        if self.send(json!({"op": "complete", "req": req, "text": text})).await.is_err() {
+        if self
+            .send(json!({"op": "complete", "req": req, "text": text}))
+            .await
+            .is_err()
+        {
             return Vec::new();
         }
-        let items = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+        let items = tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
         if let Ok(mut c) = self.completions.lock() {
             c.remove(&req);
         }
@@ -495,7 +567,13 @@ impl Kernel {
     }
 }
 
-fn result(run_id: &str, status: &str, console: Vec<ConsoleItem>, exit_code: Option<i32>, options: Option<Value>) -> ExecResult {
+fn result(
+    run_id: &str,
+    status: &str,
+    console: Vec<ConsoleItem>,
+    exit_code: Option<i32>,
+    options: Option<Value>,
+) -> ExecResult {
     ExecResult {
         run_id: Some(run_id.to_string()),
         status: status.to_string(),
@@ -516,7 +594,9 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf, RemoteError> {
             std::path::Component::Normal(p) => out.push(p),
             std::path::Component::CurDir | std::path::Component::RootDir => {}
             _ => {
-                return Err(RemoteError::invalid(format!("path `{rel}` escapes /home/work")));
+                return Err(RemoteError::invalid(format!(
+                    "path `{rel}` escapes /home/work"
+                )));
             }
         }
     }
@@ -554,8 +634,14 @@ mod tests {
     #[test]
     fn paths_stay_inside() {
         let root = Path::new("/w/k/work");
-        assert_eq!(resolve_in(root, "a/b.txt").unwrap(), Path::new("/w/k/work/a/b.txt"));
-        assert_eq!(resolve_in(root, "/home/work/x").unwrap(), Path::new("/w/k/work/x"));
+        assert_eq!(
+            resolve_in(root, "a/b.txt").unwrap(),
+            Path::new("/w/k/work/a/b.txt")
+        );
+        assert_eq!(
+            resolve_in(root, "/home/work/x").unwrap(),
+            Path::new("/w/k/work/x")
+        );
         assert_eq!(resolve_in(root, ".").unwrap(), Path::new("/w/k/work"));
         assert!(resolve_in(root, "../etc/passwd").is_err());
     }

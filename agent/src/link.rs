@@ -70,7 +70,11 @@ impl Link {
             return;
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.outbox.send(AgentMessage::new(&self.agent_id, event)).is_err() {
+        if self
+            .outbox
+            .send(AgentMessage::new(&self.agent_id, event))
+            .is_err()
+        {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -88,7 +92,11 @@ impl Link {
     }
 
     /// Drains the outbox until `stop`.
-    pub async fn run_outbox(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AgentMessage>, stop: CancellationToken) {
+    pub async fn run_outbox(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<AgentMessage>,
+        stop: CancellationToken,
+    ) {
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -102,7 +110,9 @@ impl Link {
                 match self.publisher() {
                     Some(p) => match p.publish_message(&msg).await {
                         Ok(()) => break,
-                        Err(e) => tracing::warn!(event = msg.body.name(), error = %format!("{e:#}"), "event not confirmed; retrying"),
+                        Err(e) => {
+                            tracing::warn!(event = msg.body.name(), error = %format!("{e:#}"), "event not confirmed; retrying")
+                        }
                     },
                     None => tracing::debug!(event = msg.body.name(), "not connected; event waits"),
                 }

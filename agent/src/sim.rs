@@ -55,7 +55,11 @@ impl SimConfig {
             id_prefix: "i-sim-".into(),
             scaling_group: "default".into(),
             region: "local".into(),
-            slots: [("cpu".to_string(), "8".to_string()), ("mem".to_string(), "34359738368".to_string())].into(),
+            slots: [
+                ("cpu".to_string(), "8".to_string()),
+                ("mem".to_string(), "34359738368".to_string()),
+            ]
+            .into(),
             heartbeat_interval: Duration::from_secs(3),
             start_delay: Duration::from_millis(500),
             amqp_url: amqp_url.to_string(),
@@ -106,7 +110,10 @@ impl SimAgent {
                 }
                 tokio::time::sleep(self.start_delay).await;
                 for k in &req.kernels {
-                    self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(k.kernel_id, req.session_id);
+                    self.kernels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(k.kernel_id, req.session_id);
                     let container_id = format!("sim-{}", k.kernel_id.simple());
                     self.emit(AgentEvent::KernelStarted(KernelStarted {
                         kernel_id: k.kernel_id,
@@ -138,7 +145,11 @@ impl SimAgent {
                 reason,
                 suppress_events,
             } => {
-                let session = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).remove(&kernel_id);
+                let session = self
+                    .kernels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&kernel_id);
                 if !suppress_events {
                     let (session_id, reason, exit_code) = match session {
                         Some(s) => (s, reason.unwrap_or_else(|| "user-requested".into()), 0),
@@ -155,7 +166,12 @@ impl SimAgent {
                 Ok(json!({}))
             }
             RpcCall::RestartKernel { kernel_id, .. } => {
-                if !self.kernels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&kernel_id) {
+                if !self
+                    .kernels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&kernel_id)
+                {
                     return Err(RemoteError::not_found(format!("no kernel {kernel_id}")));
                 }
                 tokio::time::sleep(self.start_delay).await;
@@ -167,7 +183,10 @@ impl SimAgent {
             }
             RpcCall::Execute(p) => {
                 let result = ExecResult {
-                    run_id: Some(p.run_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string())),
+                    run_id: Some(
+                        p.run_id
+                            .unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
+                    ),
                     status: "finished".into(),
                     console: vec![("stdout".into(), Value::String("simulated output\n".into()))],
                     exit_code: Some(0),
@@ -180,10 +199,19 @@ impl SimAgent {
             RpcCall::GetCompletions { .. } => Ok(json!({"status": "finished", "completions": []})),
             RpcCall::GetLogs { .. } => Ok(json!({"logs": ""})),
             // An empty tar archive is two zero blocks.
-            RpcCall::DownloadFile { .. } => Ok(json!({"data": data_encoding::BASE64.encode(&[0u8; 1024])})),
-            RpcCall::ListFiles { path, .. } => Ok(json!({"files": "[]", "errors": "", "abspath": path})),
+            RpcCall::DownloadFile { .. } => {
+                Ok(json!({"data": data_encoding::BASE64.encode(&[0u8; 1024])}))
+            }
+            RpcCall::ListFiles { path, .. } => {
+                Ok(json!({"files": "[]", "errors": "", "abspath": path}))
+            }
             RpcCall::ResetAgent { reason } => {
-                let all: Vec<(Uuid, Uuid)> = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+                let all: Vec<(Uuid, Uuid)> = self
+                    .kernels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain()
+                    .collect();
                 for (kernel_id, session_id) in &all {
                     self.emit(AgentEvent::KernelTerminated {
                         kernel_id: *kernel_id,
@@ -226,13 +254,20 @@ impl SimFleet {
         let per_conn = config.agents_per_connection.max(1);
         let per_channel = config.agents_per_channel.max(1);
         for (ci, conn_start) in (0..config.count).step_by(per_conn).enumerate() {
-            let conn = amqp::connect(&config.amqp_url, &format!("sim-agents-{ci}"), Duration::from_secs(30)).await?;
+            let conn = amqp::connect(
+                &config.amqp_url,
+                &format!("sim-agents-{ci}"),
+                Duration::from_secs(30),
+            )
+            .await?;
             let publisher = EventPublisher::open(&conn, &names).await?;
             let replies = conn.create_channel().await?;
             let conn_end = (conn_start + per_conn).min(config.count);
             for chan_start in (conn_start..conn_end).step_by(per_channel) {
                 let channel = conn.create_channel().await?;
-                channel.basic_qos(config.rpc_prefetch, BasicQosOptions::default()).await?;
+                channel
+                    .basic_qos(config.rpc_prefetch, BasicQosOptions::default())
+                    .await?;
                 for i in chan_start..(chan_start + per_channel).min(conn_end) {
                     let id = config.agent_id(i);
                     amqp::declare_rpc_queue(&channel, &names, &id).await?;
@@ -279,7 +314,11 @@ impl SimFleet {
             })
             .await;
         }
-        tracing::info!(count = agents.len(), connections = conns.len(), "simulated agents running");
+        tracing::info!(
+            count = agents.len(),
+            connections = conns.len(),
+            "simulated agents running"
+        );
         Ok(Self {
             config,
             agents,
@@ -338,7 +377,11 @@ async fn heartbeats(agent: Arc<SimAgent>, interval: Duration) {
             _ = agent.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = agent.publisher.publish(&agent.id, AgentEvent::Heartbeat(agent.info.clone())).await {
+        if let Err(e) = agent
+            .publisher
+            .publish(&agent.id, AgentEvent::Heartbeat(agent.info.clone()))
+            .await
+        {
             tracing::debug!(agent_id = %agent.id, error = %format!("{e:#}"), "heartbeat not sent");
         }
     }

@@ -94,7 +94,9 @@ async fn bench_db(cfg: &Config, name: &str) -> anyhow::Result<Db> {
     let mut admin_cfg = cfg.db.clone();
     admin_cfg.name = "postgres".into();
     let admin = sqlx::PgPool::connect(&admin_cfg.url()).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let mut c = cfg.db.clone();
     c.name = name.into();
@@ -121,7 +123,9 @@ async fn drop_db(cfg: &Config, db: Db, name: &str) {
 /// (inserts, updates, deletes) of the `agents` table from the statistics collector.
 async fn agents_table_writes(db: &Db) -> anyhow::Result<(i64, i64, i64)> {
     let mut conn = db.pool().acquire().await?;
-    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
     Ok(sqlx::query_as(
         "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = 'agents'",
     )
@@ -130,10 +134,12 @@ async fn agents_table_writes(db: &Db) -> anyhow::Result<(i64, i64, i64)> {
 }
 
 async fn alive_agents(db: &Db, id_prefix: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM agents WHERE id LIKE $1 AND status = 'ALIVE'")
-        .bind(format!("{id_prefix}%"))
-        .fetch_one(db.pool())
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM agents WHERE id LIKE $1 AND status = 'ALIVE'")
+            .bind(format!("{id_prefix}%"))
+            .fetch_one(db.pool())
+            .await?,
+    )
 }
 
 pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
@@ -142,11 +148,19 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
     let prefix = format!("bench{tag}");
     let db_name = format!("bai_bench_agents_{tag}");
     let id_prefix = format!("i-bench-{}-", &tag[..6]);
-    let timeout = args.heartbeat_timeout.unwrap_or(cfg.manager.heartbeat_timeout);
+    let timeout = args
+        .heartbeat_timeout
+        .unwrap_or(cfg.manager.heartbeat_timeout);
     let db = bench_db(&cfg, &db_name).await?;
     let mut nats = cfg.nats.clone();
     nats.prefix = prefix.clone();
-    let bus = Bus::connect(&nats, "bench-agents", BusOptions::default(), Duration::from_secs(10)).await?;
+    let bus = Bus::connect(
+        &nats,
+        "bench-agents",
+        BusOptions::default(),
+        Duration::from_secs(10),
+    )
+    .await?;
     let redis_pool = bai_core::redis::connect(&cfg.redis, Duration::from_secs(10)).await?;
     let ctx = Arc::new(WorkerContext {
         db: db.clone(),
@@ -167,12 +181,21 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
     let conn = amqp::connect(&cfg.rabbitmq.url, "bench", Duration::from_secs(10)).await?;
     // Wait for the ingest's consumers.
     let t = Instant::now();
-    while amqp::queue_counts(&conn, &names.lifecycle_queue()).await?.is_none_or(|c| c.1 == 0) {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "ingest did not start");
+    while amqp::queue_counts(&conn, &names.lifecycle_queue())
+        .await?
+        .is_none_or(|c| c.1 == 0)
+    {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "ingest did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    eprintln!("starting {} simulated agents (child process)...", args.count);
+    eprintln!(
+        "starting {} simulated agents (child process)...",
+        args.count
+    );
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "sim-child",
@@ -191,17 +214,33 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let mut child_in = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no child stdin"))?;
-    let mut child_out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no child stdout"))?).lines();
+    let mut child_in = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no child stdin"))?;
+    let mut child_out = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no child stdout"))?,
+    )
+    .lines();
     let started = Instant::now();
     while child_out.next_line().await?.as_deref() != Some("ready") {}
     let fleet_up = started.elapsed();
     while alive_agents(&db, &id_prefix).await? < args.count as i64 {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "agents did not all register");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "agents did not all register"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let registered = started.elapsed();
-    eprintln!("all {} agents ALIVE after {:.1} s; warming up...", args.count, registered.as_secs_f64());
+    eprintln!(
+        "all {} agents ALIVE after {:.1} s; warming up...",
+        args.count,
+        registered.as_secs_f64()
+    );
     // Backends flush table statistics when idle for 10 s at most: let the registration
     // writes reach pg_stat before the first snapshot.
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -235,7 +274,9 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
     let mut from_last_beat = Vec::new();
     for i in 0..args.lost_samples.min(args.count) {
         let victim = format!("{id_prefix}{i:05}");
-        child_in.write_all(format!("kill {victim}\n").as_bytes()).await?;
+        child_in
+            .write_all(format!("kill {victim}\n").as_bytes())
+            .await?;
         child_in.flush().await?;
         while child_out.next_line().await?.as_deref() != Some(&format!("killed {victim}")) {}
         let killed = Instant::now();
@@ -248,14 +289,18 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
                 .await?
         };
         loop {
-            let status: Option<String> = sqlx::query_scalar("SELECT status::text FROM agents WHERE id = $1")
-                .bind(&victim)
-                .fetch_optional(db.pool())
-                .await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status::text FROM agents WHERE id = $1")
+                    .bind(&victim)
+                    .fetch_optional(db.pool())
+                    .await?;
             if status.as_deref() == Some("LOST") {
                 break;
             }
-            anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "{victim} never became LOST");
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(60),
+                "{victim} never became LOST"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         from_kill.push(killed.elapsed().as_secs_f64());
@@ -270,12 +315,17 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
     let _ = child.kill().await;
     stop.cancel();
     let _ = ingest.await;
-    let ids: Vec<String> = (0..args.count).map(|i| format!("{id_prefix}{i:05}")).collect();
+    let ids: Vec<String> = (0..args.count)
+        .map(|i| format!("{id_prefix}{i:05}"))
+        .collect();
     amqp::delete_topology(&conn, &names, &ids).await?;
     let _ = conn.close(200, "bye").await;
     {
         let mut c = redis_pool.get().await?;
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut *c).await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut *c)
+            .await?;
         if !keys.is_empty() {
             let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut *c).await?;
         }
@@ -289,18 +339,40 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
         }
         let mut s = v.to_vec();
         s.sort_by(|a, b| a.total_cmp(b));
-        format!("min {:.2} s, median {:.2} s, max {:.2} s", s[0], percentile(&s, 0.5), s[s.len() - 1])
+        format!(
+            "min {:.2} s, median {:.2} s, max {:.2} s",
+            s[0],
+            percentile(&s, 0.5),
+            s[s.len() - 1]
+        )
     };
     println!(
         "\nAgents: {} simulated agents, heartbeat every {} s, heartbeat-timeout {} s, liveness check every 1 s",
         args.count, args.heartbeat_interval, timeout
     );
-    println!("{:<52} {}", "metric", "value");
-    println!("{:<52} {:.1} s", "fleet up (queues + consumers declared)", fleet_up.as_secs_f64());
-    println!("{:<52} {:.1} s", "all agents registered (rows ALIVE)", registered.as_secs_f64());
+    println!("{:<52} value", "metric");
+    println!(
+        "{:<52} {:.1} s",
+        "fleet up (queues + consumers declared)",
+        fleet_up.as_secs_f64()
+    );
+    println!(
+        "{:<52} {:.1} s",
+        "all agents registered (rows ALIVE)",
+        registered.as_secs_f64()
+    );
     println!("{:<52} {:.0} s", "steady-state window", wall);
-    println!("{:<52} {:.1}", "heartbeats handled / s", (hb1 - hb0) as f64 / wall);
-    println!("{:<52} {:.1} % of one core ({:.2} CPU-s)", "ingest worker CPU", cpu / wall * 100.0, cpu);
+    println!(
+        "{:<52} {:.1}",
+        "heartbeats handled / s",
+        (hb1 - hb0) as f64 / wall
+    );
+    println!(
+        "{:<52} {:.1} % of one core ({:.2} CPU-s)",
+        "ingest worker CPU",
+        cpu / wall * 100.0,
+        cpu
+    );
     println!(
         "{:<52} {:.2} (ins {}, upd {}, del {} in {:.0} s)",
         "agents table writes / min (pg_stat_user_tables)",
@@ -310,10 +382,26 @@ pub async fn run_agents(args: AgentsArgs) -> anyhow::Result<()> {
         del1 - del0,
         stat_wall
     );
-    println!("{:<52} {:.2}", "agents row writes / min (ingest counter)", per_min((wr1 - wr0) as i64, wall));
-    println!("{:<52} {:.2}", "agents row reads / min (heartbeat cache misses)", per_min((rd1 - rd0) as i64, wall));
-    println!("{:<52} {}", "lost-agent detection, from the kill", fmt_s(&from_kill));
-    println!("{:<52} {}", "lost-agent detection, from its last heartbeat", fmt_s(&from_last_beat));
+    println!(
+        "{:<52} {:.2}",
+        "agents row writes / min (ingest counter)",
+        per_min((wr1 - wr0) as i64, wall)
+    );
+    println!(
+        "{:<52} {:.2}",
+        "agents row reads / min (heartbeat cache misses)",
+        per_min((rd1 - rd0) as i64, wall)
+    );
+    println!(
+        "{:<52} {}",
+        "lost-agent detection, from the kill",
+        fmt_s(&from_kill)
+    );
+    println!(
+        "{:<52} {}",
+        "lost-agent detection, from its last heartbeat",
+        fmt_s(&from_last_beat)
+    );
     Ok(())
 }
 
@@ -356,12 +444,21 @@ pub async fn run_rpc(args: RpcArgs) -> anyhow::Result<()> {
     sim.id_prefix = "i-rpc-".into();
     let agent = sim.agent_id(0);
     let fleet = SimFleet::start(sim).await?;
-    let client = AgentRpcClient::connect(&cfg.rabbitmq.url, &prefix, "bench-rpc", RpcClientOptions::default()).await?;
+    let client = AgentRpcClient::connect(
+        &cfg.rabbitmq.url,
+        &prefix,
+        "bench-rpc",
+        RpcClientOptions::default(),
+    )
+    .await?;
     for _ in 0..200 {
         client.ping(&agent, "warm-up").await?;
     }
     let mut rows = Vec::new();
-    for (label, concurrency) in [("sequential", 1usize), ("concurrent", args.concurrency.max(1))] {
+    for (label, concurrency) in [
+        ("sequential", 1usize),
+        ("concurrent", args.concurrency.max(1)),
+    ] {
         let started = Instant::now();
         let lat: Vec<f64> = {
             use futures::StreamExt;
@@ -371,7 +468,10 @@ pub async fn run_rpc(args: RpcArgs) -> anyhow::Result<()> {
                     let agent = agent.clone();
                     async move {
                         let t = Instant::now();
-                        client.ping(&agent, "x").await.map(|_| t.elapsed().as_secs_f64() * 1000.0)
+                        client
+                            .ping(&agent, "x")
+                            .await
+                            .map(|_| t.elapsed().as_secs_f64() * 1000.0)
                     }
                 })
                 .buffer_unordered(concurrency)
@@ -383,7 +483,14 @@ pub async fn run_rpc(args: RpcArgs) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let mut s = lat;
         s.sort_by(|a, b| a.total_cmp(b));
-        rows.push((label, concurrency, args.calls as f64 / secs, percentile(&s, 0.5), percentile(&s, 0.99), s[s.len() - 1]));
+        rows.push((
+            label,
+            concurrency,
+            args.calls as f64 / secs,
+            percentile(&s, 0.5),
+            percentile(&s, 0.99),
+            s[s.len() - 1],
+        ));
     }
     client.close().await;
     fleet.stop().await;
@@ -395,7 +502,10 @@ pub async fn run_rpc(args: RpcArgs) -> anyhow::Result<()> {
         "\nAgent RPC: no-op `ping` round trips ({} calls per run) through RabbitMQ direct reply-to, one simulated agent",
         args.calls
     );
-    println!("{:<12} {:>11} {:>12} {:>10} {:>10} {:>10}", "run", "in flight", "calls/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<12} {:>11} {:>12} {:>10} {:>10} {:>10}",
+        "run", "in flight", "calls/s", "p50 ms", "p99 ms", "max ms"
+    );
     for (label, c, rate, p50, p99, max) in rows {
         println!("{label:<12} {c:>11} {rate:>12.0} {p50:>10.3} {p99:>10.3} {max:>10.3}");
     }

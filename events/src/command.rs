@@ -50,6 +50,16 @@ pub enum Command {
     EtcdPut { key: String, value: serde_json::Value },
     /// Delete a raw etcd key, or every key under it (`POST /config/delete`).
     EtcdDelete { key: String, prefix: bool },
+    /// Run a background task (21.03 #394) to completion in a worker: the command id is the
+    /// task id; see [`crate::bgtask`] and `bai_workers::bgtask`.
+    StartBackgroundTask {
+        task_id: Uuid,
+        kind: String,
+        #[serde(default)]
+        params: serde_json::Value,
+    },
+    /// Ask a running background task to stop (it ends as `cancelled`).
+    CancelBackgroundTask { task_id: Uuid },
 }
 
 impl Kind for Command {
@@ -68,7 +78,17 @@ impl Kind for Command {
             Command::SetAnnouncement { .. } => "set_announcement",
             Command::EtcdPut { .. } => "etcd_put",
             Command::EtcdDelete { .. } => "etcd_delete",
+            Command::StartBackgroundTask { .. } => "start_background_task",
+            Command::CancelBackgroundTask { .. } => "cancel_background_task",
         }
+    }
+}
+
+impl Command {
+    /// Commands whose handler may run longer than the consumer's `ack_wait`: the worker
+    /// runtime keeps telling JetStream they are in progress while they run.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::StartBackgroundTask { .. })
     }
 }
 

@@ -5,10 +5,13 @@
 //! [`Event`]s, subscribers (SSE, other workers) read events.
 
 pub mod admin;
+pub mod bgtask;
 pub mod bus;
 pub mod command;
 pub mod envelope;
 pub mod event;
+pub mod feed;
+pub mod keys;
 pub mod session;
 pub mod stats;
 pub mod subjects;
@@ -18,4 +21,5 @@ pub use bus::{Bus, BusError, BusOptions};
 pub use command::{Command, CommandOutcome, CommandReply};
 pub use envelope::{Envelope, Kind};
 pub use event::Event;
+pub use feed::{EventFeed, FeedItem, FeedOptions, FeedStart};
 pub use subjects::Subjects;

@@ -129,7 +129,10 @@ impl TestApp {
             }
         };
         let (api_rpc, worker_rpc) = if extras.agents {
-            (Some(rpc_client("test-api-rpc").await), Some(rpc_client("test-worker-rpc").await))
+            (
+                Some(rpc_client("test-api-rpc").await),
+                Some(rpc_client("test-worker-rpc").await),
+            )
         } else {
             (None, None)
         };
@@ -137,6 +140,7 @@ impl TestApp {
         let redis = bai_core::redis::connect(&config.redis, TIMEOUT)
             .await
             .expect("connect Redis");
+        crate::reset_fixture_rate_limits(&redis).await;
         let mut state = AppState::new(
             config.clone(),
             db.db.clone(),
@@ -167,7 +171,11 @@ impl TestApp {
             concurrency: 8,
             shutdown_grace: Duration::from_secs(2),
         };
-        tokio::spawn(bai_workers::run_command_loop(ctx.clone(), opts, shutdown.clone()));
+        tokio::spawn(bai_workers::run_command_loop(
+            ctx.clone(),
+            opts,
+            shutdown.clone(),
+        ));
 
         let mut agents_runtime = None;
         let mut extra_keys = Vec::new();
@@ -176,7 +184,8 @@ impl TestApp {
             opts.redis_prefix = format!("{}:", r.prefix);
             opts.heartbeat_timeout = Duration::from_secs(5);
             opts.liveness_period = Duration::from_millis(500);
-            let rt = bai_workers::agents::AgentsRuntime::new(ctx.clone(), opts).expect("agents runtime");
+            let rt =
+                bai_workers::agents::AgentsRuntime::new(ctx.clone(), opts).expect("agents runtime");
             extra_keys.push(rt.keys.last_seen());
             extra_keys.push(rt.keys.liveness_lock());
             tokio::spawn(bai_workers::agents::run(rt.clone(), shutdown.clone()));
@@ -210,9 +219,11 @@ impl TestApp {
                 move || {
                     let db = tick_db.clone();
                     Box::pin(async move {
-                        Ok(sqlx::query_scalar("SELECT name FROM scaling_groups WHERE is_active")
-                            .fetch_all(db.pool())
-                            .await?)
+                        Ok(
+                            sqlx::query_scalar("SELECT name FROM scaling_groups WHERE is_active")
+                                .fetch_all(db.pool())
+                                .await?,
+                        )
                     })
                 },
                 shutdown.clone(),

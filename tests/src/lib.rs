@@ -351,3 +351,25 @@ impl Drop for TestRabbit {
         .join();
     }
 }
+
+/// The example fixture's access keys.
+pub const FIXTURE_ACCESS_KEYS: [&str; 4] = [
+    "AKIAIOSFODNN7EXAMPLE",
+    "AKIAHUKCHDEZGEXAMPLE",
+    "AKIANABBDUSEREXAMPLE",
+    "AKIANAMONITOREXAMPLE",
+];
+
+/// Redis is shared by everything on the machine (dev servers, benchmarks, earlier runs), so
+/// tests that sign with the fixture keys start from an empty rate-limit window instead of
+/// inheriting someone else's 15-minute budget.
+pub async fn reset_fixture_rate_limits(redis: &bai_core::redis::RedisPool) {
+    if let Ok(mut conn) = redis.get().await {
+        for ak in FIXTURE_ACCESS_KEYS {
+            let _: Result<i64, _> = bai_core::redis::redis::cmd("DEL")
+                .arg(bai_api::auth::ratelimit::window_key(ak))
+                .query_async(&mut *conn)
+                .await;
+        }
+    }
+}

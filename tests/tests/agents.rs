@@ -42,7 +42,9 @@ impl Harness {
         let db = TestDb::new().await;
         let bus = TestBus::new(BusOptions::default()).await;
         let rabbit = TestRabbit::new();
-        let redis = bai_core::redis::connect(&base_config().redis, TIMEOUT).await.expect("redis");
+        let redis = bai_core::redis::connect(&base_config().redis, TIMEOUT)
+            .await
+            .expect("redis");
         let ctx = Arc::new(WorkerContext {
             db: db.db.clone(),
             bus: bus.bus.clone(),
@@ -73,7 +75,8 @@ impl Harness {
         .await
         .expect("ingest consumer up");
         let _ = conn.close(200, "bye").await;
-        let work_root = std::env::temp_dir().join(format!("bai-agent-test-{}", Uuid::new_v4().simple()));
+        let work_root =
+            std::env::temp_dir().join(format!("bai-agent-test-{}", Uuid::new_v4().simple()));
         Self {
             db,
             bus,
@@ -87,9 +90,15 @@ impl Harness {
 
     fn agent_config(&self, id: &str) -> AgentConfig {
         self.rabbit.track_agent(id);
-        let mut cfg = AgentConfig::new(id, &self.rabbit.url, &self.rabbit.prefix, self.work_root.clone());
+        let mut cfg = AgentConfig::new(
+            id,
+            &self.rabbit.url,
+            &self.rabbit.prefix,
+            self.work_root.clone(),
+        );
         cfg.heartbeat_interval = Duration::from_millis(300);
         cfg.destroy_grace = Duration::from_secs(3);
+        cfg.stats_interval = Duration::from_millis(500);
         cfg.set_slot("cpu", "4").unwrap();
         cfg.set_slot("mem", "8g").unwrap();
         cfg.set_slot("cuda.device", "2").unwrap();
@@ -97,9 +106,14 @@ impl Harness {
     }
 
     async fn rpc(&self) -> AgentRpcClient {
-        AgentRpcClient::connect(&self.rabbit.url, &self.rabbit.prefix, "test-rpc", RpcClientOptions::default())
-            .await
-            .expect("rpc client")
+        AgentRpcClient::connect(
+            &self.rabbit.url,
+            &self.rabbit.prefix,
+            "test-rpc",
+            RpcClientOptions::default(),
+        )
+        .await
+        .expect("rpc client")
     }
 
     async fn agent_status(&self, id: &str) -> Option<String> {
@@ -111,9 +125,11 @@ impl Harness {
     }
 
     async fn wait_agent_status(&self, id: &str, status: &str, within: Duration) -> bool {
-        eventually(within, || async { (self.agent_status(id).await.as_deref() == Some(status)).then_some(()) })
-            .await
-            .is_some()
+        eventually(within, || async {
+            (self.agent_status(id).await.as_deref() == Some(status)).then_some(())
+        })
+        .await
+        .is_some()
     }
 
     async fn kernel(&self, id: Uuid) -> (String, Option<String>, Option<Value>, bool) {
@@ -126,7 +142,11 @@ impl Harness {
         .unwrap()
     }
 
-    async fn wait_kernel_status(&self, id: Uuid, status: &str) -> (String, Option<String>, Option<Value>, bool) {
+    async fn wait_kernel_status(
+        &self,
+        id: Uuid,
+        status: &str,
+    ) -> (String, Option<String>, Option<Value>, bool) {
         eventually(TIMEOUT, || async {
             let k = self.kernel(id).await;
             (k.0 == status).then_some(k)
@@ -179,11 +199,12 @@ impl Harness {
             .fetch_one(self.db.db.pool())
             .await
             .unwrap();
-        let used: i32 = sqlx::query_scalar("SELECT concurrency_used FROM keypairs WHERE access_key = $1")
-            .bind(ACCESS_KEY)
-            .fetch_one(self.db.db.pool())
-            .await
-            .unwrap();
+        let used: i32 =
+            sqlx::query_scalar("SELECT concurrency_used FROM keypairs WHERE access_key = $1")
+                .bind(ACCESS_KEY)
+                .fetch_one(self.db.db.pool())
+                .await
+                .unwrap();
         (slots, used)
     }
 
@@ -197,7 +218,11 @@ impl Harness {
             .await
             .unwrap_or_default();
         if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut *conn).await.unwrap_or(0);
+            let _: i64 = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut *conn)
+                .await
+                .unwrap_or(0);
         }
         let _ = std::fs::remove_dir_all(&self.work_root);
         drop(conn);
@@ -207,7 +232,13 @@ impl Harness {
     }
 }
 
-fn create_request(session_id: Uuid, name: &str, image: &str, environ: &[(&str, &str)], bootstrap: Option<&str>) -> CreateKernels {
+fn create_request(
+    session_id: Uuid,
+    name: &str,
+    image: &str,
+    environ: &[(&str, &str)],
+    bootstrap: Option<&str>,
+) -> CreateKernels {
     CreateKernels {
         creation_id: "cr-test".into(),
         session_id,
@@ -224,9 +255,16 @@ fn create_request(session_id: Uuid, name: &str, image: &str, environ: &[(&str, &
             cluster_role: "main".into(),
             cluster_idx: 1,
             cluster_hostname: Some("main1".into()),
-            resource_slots: [("cpu".to_string(), "1".to_string()), ("mem".to_string(), "1073741824".to_string())].into(),
+            resource_slots: [
+                ("cpu".to_string(), "1".to_string()),
+                ("mem".to_string(), "1073741824".to_string()),
+            ]
+            .into(),
             resource_opts: json!({}),
-            environ: environ.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            environ: environ
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             mounts: vec![],
             mount_map: json!({}),
             bootstrap_script: bootstrap.map(str::to_string),
@@ -280,7 +318,10 @@ async fn agent_registers_once_and_heartbeats_touch_only_redis() {
     .fetch_one(h.db.db.pool())
     .await
     .unwrap();
-    assert_eq!(slots, json!({"cpu": "4", "mem": "8589934592", "cuda.device": "2"}));
+    assert_eq!(
+        slots,
+        json!({"cpu": "4", "mem": "8589934592", "cuda.device": "2"})
+    );
     assert_eq!(sg, "default");
     assert_eq!(version, bai_agent::AGENT_VERSION);
     assert!(plugins.get("cuda").is_some(), "{plugins}");
@@ -303,8 +344,16 @@ async fn agent_registers_once_and_heartbeats_touch_only_redis() {
         .is_some(),
         "heartbeats keep arriving"
     );
-    assert_eq!(xmin(h.db.db.pool().clone(), id.clone()).await, before, "heartbeats rewrote the agent row");
-    assert_eq!(h.rt.metrics.heartbeat_db_writes.load(Ordering::Relaxed), 1, "exactly one write: the registration");
+    assert_eq!(
+        xmin(h.db.db.pool().clone(), id.clone()).await,
+        before,
+        "heartbeats rewrote the agent row"
+    );
+    assert_eq!(
+        h.rt.metrics.heartbeat_db_writes.load(Ordering::Relaxed),
+        1,
+        "exactly one write: the registration"
+    );
     // Liveness lives in Redis.
     let mut conn = h.redis.get().await.unwrap();
     let score: Option<f64> = redis::cmd("ZSCORE")
@@ -326,14 +375,20 @@ async fn agent_registers_once_and_heartbeats_touch_only_redis() {
 async fn heartbeat_changes_revivals_and_stale_heartbeats() {
     let h = Harness::start(Duration::from_secs(30)).await;
     let conn = h.rabbit.connect().await;
-    let publisher = EventPublisher::open(&conn, &h.rabbit.names()).await.unwrap();
+    let publisher = EventPublisher::open(&conn, &h.rabbit.names())
+        .await
+        .unwrap();
     let id = "i-fake-1";
     let info = |cpu: &str| AgentInfo {
         ip: "10.0.0.1".into(),
         region: "local".into(),
         scaling_group: "default".into(),
         addr: "tcp://10.0.0.1:6001".into(),
-        available_slots: [("cpu".to_string(), cpu.to_string()), ("mem".to_string(), "1024".to_string())].into(),
+        available_slots: [
+            ("cpu".to_string(), cpu.to_string()),
+            ("mem".to_string(), "1024".to_string()),
+        ]
+        .into(),
         slot_types: BTreeMap::new(),
         version: "21.03.6".into(),
         compute_plugins: json!({}),
@@ -348,7 +403,9 @@ async fn heartbeat_changes_revivals_and_stale_heartbeats() {
     let wait_beats = |n: u64| {
         let h = &h;
         async move {
-            eventually(TIMEOUT, || async { (beats(h) >= n).then_some(()) }).await.expect("heartbeats handled");
+            eventually(TIMEOUT, || async { (beats(h) >= n).then_some(()) })
+                .await
+                .expect("heartbeats handled");
         }
     };
 
@@ -371,27 +428,45 @@ async fn heartbeat_changes_revivals_and_stale_heartbeats() {
     // revive it; one sent after does.
     let old = AgentMessage::new(id, AgentEvent::Heartbeat(info("8")));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(bai_workers::agents::liveness::agent_lost(&h.rt, id, "agent-lost").await.unwrap());
+    assert!(
+        bai_workers::agents::liveness::agent_lost(&h.rt, id, "agent-lost")
+            .await
+            .unwrap()
+    );
     let mut c = h.redis.get().await.unwrap();
-    let _: i64 = redis::cmd("ZREM").arg(h.rt.keys.last_seen()).arg(id).query_async(&mut *c).await.unwrap();
+    let _: i64 = redis::cmd("ZREM")
+        .arg(h.rt.keys.last_seen())
+        .arg(id)
+        .query_async(&mut *c)
+        .await
+        .unwrap();
     drop(c);
     send(old).await;
     wait_beats(5).await;
-    assert_eq!(h.agent_status(id).await.as_deref(), Some("LOST"), "a stale heartbeat revived the agent");
+    assert_eq!(
+        h.agent_status(id).await.as_deref(),
+        Some("LOST"),
+        "a stale heartbeat revived the agent"
+    );
     send(AgentMessage::new(id, AgentEvent::Heartbeat(info("8")))).await;
     assert!(h.wait_agent_status(id, "ALIVE", TIMEOUT).await, "revived");
-    let lost_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar("SELECT lost_at FROM agents WHERE id = $1")
-        .bind(id)
-        .fetch_one(h.db.db.pool())
-        .await
-        .unwrap();
+    let lost_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT lost_at FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_one(h.db.db.pool())
+            .await
+            .unwrap();
     assert!(lost_at.is_none());
 
     // An unknown scaling group is refused without breaking the consumer.
     let mut bad = info("1");
     bad.scaling_group = "no-such-group".into();
     send(AgentMessage::new("i-fake-2", AgentEvent::Heartbeat(bad))).await;
-    send(AgentMessage::new("i-fake-3", AgentEvent::Heartbeat(info("1")))).await;
+    send(AgentMessage::new(
+        "i-fake-3",
+        AgentEvent::Heartbeat(info("1")),
+    ))
+    .await;
     assert!(h.wait_agent_status("i-fake-3", "ALIVE", TIMEOUT).await);
     assert_eq!(h.agent_status("i-fake-2").await, None);
     let _ = conn.close(200, "bye").await;
@@ -411,7 +486,13 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
     let created = rpc
         .create_kernels(
             &id,
-            create_request(sid, "sess-env", image, &[("FOO", "bar baz")], Some("echo booting; echo ready > boot.txt")),
+            create_request(
+                sid,
+                "sess-env",
+                image,
+                &[("FOO", "bar baz")],
+                Some("echo booting; echo ready > boot.txt"),
+            ),
         )
         .await
         .unwrap();
@@ -450,13 +531,22 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
         "BACKENDAI_CLUSTER_IDX=1".into(),
         "BACKENDAI_CLUSTER_HOST=main1".into(),
         "FOO=bar baz".into(),
-        format!("cwd={}", h.work_root.join(sid.to_string()).join("work").display()),
+        format!(
+            "cwd={}",
+            h.work_root.join(sid.to_string()).join("work").display()
+        ),
     ] {
-        assert!(out.lines().any(|l| l == line), "missing `{line}` in:\n{out}");
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing `{line}` in:\n{out}"
+        );
     }
 
     // The bootstrap script ran in the work dir before the kernel was reported started.
-    let r = rpc.execute(&id, query(sid, "print(open('boot.txt').read().strip())")).await.unwrap();
+    let r = rpc
+        .execute(&id, query(sid, "print(open('boot.txt').read().strip())"))
+        .await
+        .unwrap();
     assert_eq!(r.stdout(), "ready\n");
     assert!(rpc.get_logs(&id, sid).await.unwrap().contains("booting"));
 
@@ -467,7 +557,13 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
     assert_eq!(r.run_id.as_ref().map(String::len), Some(32));
 
     // Errors: stderr and a non-zero exit code; subprocess output is captured too.
-    let r = rpc.execute(&id, query(sid, "import os\nos.system('echo from-child')\n1/0")).await.unwrap();
+    let r = rpc
+        .execute(
+            &id,
+            query(sid, "import os\nos.system('echo from-child')\n1/0"),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.exit_code, Some(1));
     assert!(r.stdout().contains("from-child"), "{r:?}");
     assert!(r.stderr().contains("ZeroDivisionError"), "{r:?}");
@@ -475,7 +571,10 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
     assert_eq!(console[0][0], "stdout");
 
     // Input: waiting-input, then the answer.
-    let r = rpc.execute(&id, query(sid, "name = input('who? ')\nprint('hi', name)")).await.unwrap();
+    let r = rpc
+        .execute(&id, query(sid, "name = input('who? ')\nprint('hi', name)"))
+        .await
+        .unwrap();
     assert_eq!(r.status, "waiting-input");
     assert_eq!(r.stdout(), "who? ");
     let r = rpc
@@ -490,7 +589,10 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
         )
         .await
         .unwrap();
-    assert_eq!((r.status.as_str(), r.stdout().as_str()), ("finished", "hi bob\n"));
+    assert_eq!(
+        (r.status.as_str(), r.stdout().as_str()),
+        ("finished", "hi bob\n")
+    );
 
     // Long runs answer `continued` after the flush timeout, then `continue` collects.
     let mut r = rpc
@@ -498,7 +600,10 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
             &id,
             ExecuteParams {
                 flush_timeout_ms: Some(300),
-                ..query(sid, "import time\nprint('start', flush=True)\ntime.sleep(1.2)\nprint('done')")
+                ..query(
+                    sid,
+                    "import time\nprint('start', flush=True)\ntime.sleep(1.2)\nprint('done')",
+                )
             },
         )
         .await
@@ -520,7 +625,10 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
             .unwrap();
         out.push_str(&r.stdout());
     }
-    assert_eq!((r.status.as_str(), out.as_str()), ("finished", "start\ndone\n"));
+    assert_eq!(
+        (r.status.as_str(), out.as_str()),
+        ("finished", "start\ndone\n")
+    );
 
     // Interrupt a running query.
     let r = rpc
@@ -561,12 +669,23 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
         )
         .await
         .unwrap();
-    assert_eq!((r.exit_code, r.stdout().as_str()), (Some(3), "building\nrunning\n"));
-    let c = rpc.get_completions(&id, sid, "pri", json!({})).await.unwrap();
-    assert!(c.completions.iter().any(|s| s.starts_with("print")), "{c:?}");
+    assert_eq!(
+        (r.exit_code, r.stdout().as_str()),
+        (Some(3), "building\nrunning\n")
+    );
+    let c = rpc
+        .get_completions(&id, sid, "pri", json!({}))
+        .await
+        .unwrap();
+    assert!(
+        c.completions.iter().any(|s| s.starts_with("print")),
+        "{c:?}"
+    );
 
     // Files.
-    rpc.upload_file(&id, sid, "data/hello.txt", b"hello file").await.unwrap();
+    rpc.upload_file(&id, sid, "data/hello.txt", b"hello file")
+        .await
+        .unwrap();
     let listing = rpc.list_files(&id, sid, "data").await.unwrap();
     let files: Vec<Value> = serde_json::from_str(&listing.files).unwrap();
     assert_eq!(files[0]["filename"], "hello.txt");
@@ -574,42 +693,124 @@ async fn kernel_runs_with_env_executes_and_reports_exit_codes() {
     assert_eq!(listing.abspath, "/home/work/data");
     let tar = rpc.download_file(&id, sid, "data/hello.txt").await.unwrap();
     assert!(tar.len() >= 1024 && tar.windows(10).any(|w| w == b"hello file"));
-    let err = rpc.download_file(&id, sid, "../../etc/passwd").await.unwrap_err();
-    assert!(matches!(&err, RpcError::Remote { error, .. } if error.kind == "invalid-argument"), "{err}");
+    let err = rpc
+        .download_file(&id, sid, "../../etc/passwd")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote { error, .. } if error.kind == "invalid-argument"),
+        "{err}"
+    );
 
     // Destroy: SIGTERM, exit code 143 recorded, slots and concurrency released.
     rpc.destroy_kernel(&id, sid, None, false).await.unwrap();
     let (_, info, data, terminated_at) = h.wait_kernel_status(sid, "TERMINATED").await;
     assert_eq!(info.as_deref(), Some("user-requested"));
-    assert_eq!(data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")), Some(&json!(143)));
-    assert_eq!(data.as_ref().and_then(|d| d.pointer("/session/status")), Some(&json!("terminated")));
+    assert_eq!(
+        data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")),
+        Some(&json!(143))
+    );
+    assert_eq!(
+        data.as_ref().and_then(|d| d.pointer("/session/status")),
+        Some(&json!("terminated"))
+    );
     assert!(terminated_at);
     assert_eq!(h.occupancy(&id).await, (json!({}), 0));
-    assert!(!h.work_root.join(sid.to_string()).exists(), "work dir removed");
+    assert!(
+        !h.work_root.join(sid.to_string()).exists(),
+        "work dir removed"
+    );
 
     // A kernel that exits by itself reports its own exit code.
     let sid2 = h.scheduled_session(&id, "sess-exit").await;
-    rpc.create_kernels(&id, create_request(sid2, "sess-exit", "lablup/python:3.9", &[], None))
+    rpc.create_kernels(
+        &id,
+        create_request(sid2, "sess-exit", "lablup/python:3.9", &[], None),
+    )
+    .await
+    .unwrap();
+    h.wait_kernel_status(sid2, "RUNNING").await;
+    let r = rpc
+        .execute(&id, query(sid2, "import os\nos._exit(7)"))
         .await
         .unwrap();
-    h.wait_kernel_status(sid2, "RUNNING").await;
-    let r = rpc.execute(&id, query(sid2, "import os\nos._exit(7)")).await.unwrap();
     assert_eq!((r.status.as_str(), r.exit_code), ("finished", Some(7)));
     let (_, info, data, _) = h.wait_kernel_status(sid2, "TERMINATED").await;
     assert_eq!(info.as_deref(), Some("self-terminated"));
-    assert_eq!(data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")), Some(&json!(7)));
+    assert_eq!(
+        data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")),
+        Some(&json!(7))
+    );
 
     // A shell image runs bash.
     let sid3 = h.scheduled_session(&id, "sess-sh").await;
-    rpc.create_kernels(&id, create_request(sid3, "sess-sh", "lablup/shell:latest", &[], None))
+    rpc.create_kernels(
+        &id,
+        create_request(sid3, "sess-sh", "lablup/shell:latest", &[], None),
+    )
+    .await
+    .unwrap();
+    let r = rpc
+        .execute(&id, query(sid3, "echo $BACKENDAI_SESSION_NAME; exit 5"))
         .await
         .unwrap();
-    let r = rpc.execute(&id, query(sid3, "echo $BACKENDAI_SESSION_NAME; exit 5")).await.unwrap();
     assert_eq!((r.stdout().as_str(), r.exit_code), ("sess-sh\n", Some(5)));
 
+    // Live statistics reach Redis (and only Redis).
+    let stat_key = h.rt.keys.kernel_stat(sid3);
+    let stat: Option<String> = eventually(TIMEOUT, || async {
+        let mut c = h.redis.get().await.unwrap();
+        redis::cmd("GET")
+            .arg(&stat_key)
+            .query_async::<Option<String>>(&mut *c)
+            .await
+            .unwrap()
+    })
+    .await;
+    let stat: Value = serde_json::from_str(&stat.expect("kernel stats in Redis")).unwrap();
+    assert!(
+        stat["mem"]["current"].as_str().is_some_and(|m| m != "0"),
+        "{stat}"
+    );
+
+    // A batch session runs its startup command and reports the result.
+    let sid4 = h.scheduled_session(&id, "sess-batch").await;
+    let mut req = create_request(sid4, "sess-batch", "python:3.9", &[], None);
+    req.kernels[0].session_type = "batch".into();
+    req.kernels[0].startup_command = Some("echo batch-output; exit 4".into());
+    rpc.create_kernels(&id, req).await.unwrap();
+    let (result, data): (String, Option<Value>) = eventually(TIMEOUT, || async {
+        let row: (String, Option<Value>) =
+            sqlx::query_as("SELECT result::text, status_data FROM kernels WHERE id = $1")
+                .bind(sid4)
+                .fetch_one(h.db.db.pool())
+                .await
+                .unwrap();
+        (row.0 != "UNDEFINED").then_some(row)
+    })
+    .await
+    .expect("batch result recorded");
+    assert_eq!(result, "FAILURE");
+    assert_eq!(
+        data.and_then(|d| d.pointer("/batch/exit_code").cloned()),
+        Some(json!(4))
+    );
+    assert!(rpc
+        .get_logs(&id, sid4)
+        .await
+        .unwrap()
+        .contains("batch-output"));
+    rpc.destroy_kernel(&id, sid4, None, false).await.unwrap();
+
     // Unknown kernels.
-    let err = rpc.execute(&id, query(Uuid::new_v4(), "1")).await.unwrap_err();
-    assert!(matches!(&err, RpcError::Remote { error, .. } if error.kind == "not-found"), "{err}");
+    let err = rpc
+        .execute(&id, query(Uuid::new_v4(), "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote { error, .. } if error.kind == "not-found"),
+        "{err}"
+    );
 
     // Agent shutdown terminates the remaining kernel (reported with its exit code).
     agent.stop().await.unwrap();
@@ -635,30 +836,45 @@ async fn killed_agent_is_marked_lost_and_its_kernels_terminated() {
     let agent = start_agent(&h, &id).await;
     let rpc = h.rpc().await;
     let sid = h.scheduled_session(&id, "sess-lost").await;
-    rpc.create_kernels(&id, create_request(sid, "sess-lost", "python:3.9", &[], None))
-        .await
-        .unwrap();
+    rpc.create_kernels(
+        &id,
+        create_request(sid, "sess-lost", "python:3.9", &[], None),
+    )
+    .await
+    .unwrap();
     h.wait_kernel_status(sid, "RUNNING").await;
     assert_eq!(h.occupancy(&id).await.1, 1);
 
     let killed_at = Instant::now();
     agent.crash().await;
     assert!(
-        h.wait_agent_status(&id, "LOST", timeout + Duration::from_secs(5)).await,
+        h.wait_agent_status(&id, "LOST", timeout + Duration::from_secs(5))
+            .await,
         "agent not marked LOST"
     );
     let detected = killed_at.elapsed();
-    assert!(detected < timeout + Duration::from_secs(2), "took {detected:?}");
+    assert!(
+        detected < timeout + Duration::from_secs(2),
+        "took {detected:?}"
+    );
     let (_, info, data, terminated_at) = h.wait_kernel_status(sid, "TERMINATED").await;
     assert_eq!(info.as_deref(), Some("agent-lost"));
     assert!(terminated_at);
-    assert_eq!(data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")), Some(&Value::Null));
-    assert_eq!(h.occupancy(&id).await, (json!({}), 0), "slots and concurrency released");
-    let lost_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar("SELECT lost_at FROM agents WHERE id = $1")
-        .bind(&id)
-        .fetch_one(h.db.db.pool())
-        .await
-        .unwrap();
+    assert_eq!(
+        data.as_ref().and_then(|d| d.pointer("/kernel/exit_code")),
+        Some(&Value::Null)
+    );
+    assert_eq!(
+        h.occupancy(&id).await,
+        (json!({}), 0),
+        "slots and concurrency released"
+    );
+    let lost_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT lost_at FROM agents WHERE id = $1")
+            .bind(&id)
+            .fetch_one(h.db.db.pool())
+            .await
+            .unwrap();
     assert!(lost_at.is_some());
 
     // Events on the bus: the kernel, its session, and the agent.
@@ -673,7 +889,12 @@ async fn killed_agent_is_marked_lost_and_its_kernels_terminated() {
         }
     })
     .await;
-    for kind in ["kernel_started", "kernel_terminated", "session_terminated", "agent_terminated"] {
+    for kind in [
+        "kernel_started",
+        "kernel_terminated",
+        "session_terminated",
+        "agent_terminated",
+    ] {
         assert!(seen.iter().any(|k| k == kind), "no {kind} in {seen:?}");
     }
 
@@ -707,7 +928,9 @@ async fn rpc_to_an_agent_without_consumer_fails_fast_or_times_out() {
     let id = "i-down";
     h.rabbit.track_agent(id);
     let ch = conn.create_channel().await.unwrap();
-    amqp::declare_rpc_queue(&ch, &h.rabbit.names(), id).await.unwrap();
+    amqp::declare_rpc_queue(&ch, &h.rabbit.names(), id)
+        .await
+        .unwrap();
     let t = Instant::now();
     let err = rpc.ping(id, "x").await.unwrap_err();
     assert!(matches!(err, RpcError::NoConsumer { .. }), "{err}");
@@ -715,16 +938,41 @@ async fn rpc_to_an_agent_without_consumer_fails_fast_or_times_out() {
 
     // Without the consumer check, the deadline bounds the call and the request expires in
     // the queue instead of waiting for the agent's return.
-    let mut opts = RpcClientOptions::default();
-    opts.check_consumers = false;
+    let mut opts = RpcClientOptions {
+        check_consumers: false,
+        ..Default::default()
+    };
     opts.timeouts.ping = Duration::from_millis(800);
-    let blind = AgentRpcClient::connect(&h.rabbit.url, &h.rabbit.prefix, "blind", opts).await.unwrap();
+    let blind = AgentRpcClient::connect(&h.rabbit.url, &h.rabbit.prefix, "blind", opts)
+        .await
+        .unwrap();
+    // A missing queue is still caught at publish time (mandatory + publisher confirm).
+    let t = Instant::now();
+    let err = blind.ping("i-nobody-2", "x").await.unwrap_err();
+    assert!(matches!(err, RpcError::NoSuchAgent { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1));
     let t = Instant::now();
     let err = blind.ping(id, "x").await.unwrap_err();
     let took = t.elapsed();
-    assert!(matches!(err, RpcError::Timeout { timeout_ms: 800, .. }), "{err}");
-    assert!(took >= Duration::from_millis(750) && took < Duration::from_millis(1500), "{took:?}");
-    assert!(err.to_string().contains("did not answer `ping` within 800 ms"), "{err}");
+    assert!(
+        matches!(
+            err,
+            RpcError::Timeout {
+                timeout_ms: 800,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("did not answer `ping` within 800 ms"),
+        "{err}"
+    );
     let queue = h.rabbit.names().rpc_queue(id);
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -743,11 +991,16 @@ async fn rpc_to_an_agent_without_consumer_fails_fast_or_times_out() {
     let t = Instant::now();
     let mut opts = RpcClientOptions::default();
     opts.timeouts.ping = Duration::from_millis(500);
-    let client = AgentRpcClient::connect(&h.rabbit.url, &h.rabbit.prefix, "c", opts).await.unwrap();
+    let client = AgentRpcClient::connect(&h.rabbit.url, &h.rabbit.prefix, "c", opts)
+        .await
+        .unwrap();
     let err = client.ping(id, "x").await.unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
     assert!(t.elapsed() < Duration::from_millis(1200));
-    assert!(hung.next().await.is_some(), "the request reached the hung consumer");
+    assert!(
+        hung.next().await.is_some(),
+        "the request reached the hung consumer"
+    );
 
     for c in [rpc, blind, client] {
         c.close().await;
@@ -766,9 +1019,15 @@ async fn malformed_messages_are_rejected_and_the_consumer_keeps_working() {
         let ch = ch.clone();
         let ex = names.events_exchange();
         async move {
-            ch.basic_publish(&ex, rk, BasicPublishOptions::default(), &body, BasicProperties::default())
-                .await
-                .unwrap();
+            ch.basic_publish(
+                &ex,
+                rk,
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
         }
     };
     let wrong_version = json!({"v": 99, "id": Uuid::new_v4(), "agent_id": "x", "ts": chrono::Utc::now(),
@@ -779,26 +1038,41 @@ async fn malformed_messages_are_rejected_and_the_consumer_keeps_working() {
                           "body": {"event": "kernel_terminated", "args": {"kernel_id": "not-a-uuid"}}});
     publish("ev.kernel_started.x", b"\xff\xfe not json".to_vec()).await;
     publish("ev.agent_started.x", wrong_version.to_string().into_bytes()).await;
-    publish("ev.kernel_exploded.x", unknown_event.to_string().into_bytes()).await;
+    publish(
+        "ev.kernel_exploded.x",
+        unknown_event.to_string().into_bytes(),
+    )
+    .await;
     publish("ev.kernel_terminated.x", bad_args.to_string().into_bytes()).await;
     publish("hb.x", b"{}".to_vec()).await;
     publish("hb.x", b"[1,2,3]".to_vec()).await;
     assert!(
-        eventually(TIMEOUT, || async { (h.rt.metrics.rejected.load(Ordering::Relaxed) >= 6).then_some(()) })
-            .await
-            .is_some(),
+        eventually(TIMEOUT, || async {
+            (h.rt.metrics.rejected.load(Ordering::Relaxed) >= 6).then_some(())
+        })
+        .await
+        .is_some(),
         "rejected: {}",
         h.rt.metrics.rejected.load(Ordering::Relaxed)
     );
     // Rejected lifecycle messages are kept for inspection; nothing is requeued.
-    assert!(
-        eventually(TIMEOUT, || async {
-            (amqp::queue_counts(&conn, &names.rejected_queue()).await.unwrap().map(|c| c.0) == Some(4)).then_some(())
-        })
-        .await
-        .is_some()
+    assert!(eventually(TIMEOUT, || async {
+        (amqp::queue_counts(&conn, &names.rejected_queue())
+            .await
+            .unwrap()
+            .map(|c| c.0)
+            == Some(4))
+        .then_some(())
+    })
+    .await
+    .is_some());
+    assert_eq!(
+        amqp::queue_counts(&conn, &names.lifecycle_queue())
+            .await
+            .unwrap()
+            .map(|c| c.0),
+        Some(0)
     );
-    assert_eq!(amqp::queue_counts(&conn, &names.lifecycle_queue()).await.unwrap().map(|c| c.0), Some(0));
     assert_eq!(h.rt.metrics.requeued.load(Ordering::Relaxed), 0);
 
     // ...and the consumers still work.
@@ -823,35 +1097,52 @@ async fn simulated_agents_register_answer_and_get_lost() {
         h.rabbit.track_agent(&a);
     }
     let count = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM agents WHERE id LIKE $1 AND status = 'ALIVE'")
-            .bind(format!("{}%", cfg.id_prefix))
-            .fetch_one(h.db.db.pool())
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM agents WHERE id LIKE $1 AND status = 'ALIVE'")
+                .bind(format!("{}%", cfg.id_prefix))
+                .fetch_one(h.db.db.pool())
+                .await
+                .unwrap();
         n
     };
-    assert!(eventually(TIMEOUT, || async { (count().await == 20).then_some(()) }).await.is_some());
+    assert!(
+        eventually(TIMEOUT, || async { (count().await == 20).then_some(()) })
+            .await
+            .is_some()
+    );
     let rpc = h.rpc().await;
     let a0 = cfg.agent_id(0);
     assert_eq!(rpc.ping(&a0, "sim").await.unwrap(), "sim");
     let sid = h.scheduled_session(&a0, "sim-sess").await;
     let created = rpc
-        .create_kernels(&a0, create_request(sid, "sim-sess", "python:3.9", &[], None))
+        .create_kernels(
+            &a0,
+            create_request(sid, "sim-sess", "python:3.9", &[], None),
+        )
         .await
         .unwrap();
     assert_eq!(created[0].id, sid);
     h.wait_kernel_status(sid, "RUNNING").await;
     let r = rpc.execute(&a0, query(sid, "print(1)")).await.unwrap();
     assert_eq!(r.stdout(), "simulated output\n");
-    rpc.destroy_kernel(&a0, sid, Some("user-requested"), false).await.unwrap();
+    rpc.destroy_kernel(&a0, sid, Some("user-requested"), false)
+        .await
+        .unwrap();
     h.wait_kernel_status(sid, "TERMINATED").await;
 
     let a1 = cfg.agent_id(1);
     assert!(fleet.kill(&a1));
-    assert!(h.wait_agent_status(&a1, "LOST", Duration::from_secs(10)).await);
+    assert!(
+        h.wait_agent_status(&a1, "LOST", Duration::from_secs(10))
+            .await
+    );
     assert_eq!(count().await, 19);
     fleet.stop().await;
-    assert!(eventually(TIMEOUT, || async { (count().await == 0).then_some(()) }).await.is_some());
+    assert!(
+        eventually(TIMEOUT, || async { (count().await == 0).then_some(()) })
+            .await
+            .is_some()
+    );
     rpc.close().await;
     h.finish().await;
 }

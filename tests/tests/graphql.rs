@@ -75,6 +75,7 @@ impl Env {
         let redis = bai_core::redis::connect(&cfg.redis, TIMEOUT)
             .await
             .expect("redis");
+        bai_tests::reset_fixture_rate_limits(&redis).await;
         let mut config = db.config.clone();
         config.nats.prefix = bus.prefix.clone();
         let state = AppState::new(

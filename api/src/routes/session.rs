@@ -51,7 +51,12 @@ async fn owner_of(state: &AppState, user: &AuthUser, uri: &Uri) -> ApiResult<Own
 }
 
 /// Looks a live session up for the request's owner.
-async fn lookup_session(state: &AppState, owner: &Owner, name: &str, allow_stale: bool) -> ApiResult<SessionRow> {
+async fn lookup_session(
+    state: &AppState,
+    owner: &Owner,
+    name: &str,
+    allow_stale: bool,
+) -> ApiResult<SessionRow> {
     let mut txn = state.db.begin_readonly().await?;
     let row = find_session(&mut txn, name, &owner.access_key, allow_stale).await?;
     txn.commit().await?;
@@ -136,7 +141,9 @@ pub async fn create(
             };
             if matches!(
                 env.body,
-                Event::SessionStarted { .. } | Event::SessionCancelled { .. } | Event::SessionTerminated { .. }
+                Event::SessionStarted { .. }
+                    | Event::SessionCancelled { .. }
+                    | Event::SessionTerminated { .. }
             ) {
                 return true;
             }
@@ -170,7 +177,11 @@ pub async fn create(
 
 /// Python's `repr()` of a string.
 fn py_str(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -183,7 +194,9 @@ fn py_str(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -345,8 +358,9 @@ pub async fn destroy(
     Params(p): Params<DestroyParams>,
 ) -> ApiResult<Json<Value>> {
     if p.forced && !matches!(user.role, UserRole::Admin | UserRole::Superadmin) {
-        return Err(ApiError::insufficient_privilege()
-            .with_msg("You are not allowed to force-terminate"));
+        return Err(
+            ApiError::insufficient_privilege().with_msg("You are not allowed to force-terminate")
+        );
     }
     let owner = owner_of(&state, &user, &uri).await?;
     let session = lookup_session(&state, &owner, &name, false).await?;
@@ -357,7 +371,9 @@ pub async fn destroy(
         Command::DestroySession {
             session_id: session.session_id,
             forced: p.forced,
-            reason: if p.forced { "force-terminated" } else { "user-requested" }.into(),
+            // As the original: forced destroys differ in the statuses they accept, and
+            // the worker marks force-terminated kernels itself.
+            reason: "user-requested".into(),
         },
     )
     .await?;
@@ -365,7 +381,11 @@ pub async fn destroy(
         .as_ref()
         .and_then(|r| r.pointer("/stats/status"))
         .and_then(Value::as_str)
-        .unwrap_or(if session.status == "PENDING" { "cancelled" } else { "terminated" })
+        .unwrap_or(if session.status == "PENDING" {
+            "cancelled"
+        } else {
+            "terminated"
+        })
         .to_string();
     let mut out = Map::new();
     if let (Some(metrics), "terminated") = (stats, status.as_str()) {
@@ -508,13 +528,20 @@ pub async fn execute(
         .await;
     match res {
         Ok(r) => Ok(Json(json!({ "result": exec_result_json(&r, true) }))),
-        Err(e) if kernel_gone(&e) => Ok(Json(json!({ "result": vanished_result(run_id.as_deref()) }))),
+        Err(e) if kernel_gone(&e) => Ok(Json(
+            json!({ "result": vanished_result(run_id.as_deref()) }),
+        )),
         Err(e) => Err(map_rpc_error(e, kernel_execution_failed())),
     }
 }
 
 /// Resolves the main kernel of `{name}` for the request's owner.
-async fn kernel_of(state: &AppState, user: &AuthUser, uri: &Uri, name: &str) -> ApiResult<KernelTarget> {
+async fn kernel_of(
+    state: &AppState,
+    user: &AuthUser,
+    uri: &Uri,
+    name: &str,
+) -> ApiResult<KernelTarget> {
     let owner = owner_of(state, user, uri).await?;
     let session = lookup_session(state, &owner, name, false).await?;
     target(state, &session)
@@ -581,7 +608,8 @@ pub async fn logs(
 ) -> ApiResult<Json<Value>> {
     let owner = owner_of(&state, &user, &uri).await?;
     let session = lookup_session(&state, &owner, &name, true).await?;
-    let live = !crate::session::DEAD_STATUSES.contains(&session.status.as_str()) && session.agent.is_some();
+    let live = !crate::session::DEAD_STATUSES.contains(&session.status.as_str())
+        && session.agent.is_some();
     if live {
         let rpc = rpc_client(&state)?;
         let agent = session.agent.clone().unwrap_or_default();
@@ -592,13 +620,16 @@ pub async fn logs(
         }
     }
     let mut txn = state.db.begin_readonly().await?;
-    let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT container_log FROM kernels WHERE id = $1")
-        .bind(session.kernel_id)
-        .fetch_optional(&mut *txn)
-        .await?
-        .flatten();
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT container_log FROM kernels WHERE id = $1")
+            .bind(session.kernel_id)
+            .fetch_optional(&mut *txn)
+            .await?
+            .flatten();
     txn.commit().await?;
-    let logs = stored.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let logs = stored
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     Ok(Json(json!({ "result": { "logs": logs } })))
 }
 
@@ -618,14 +649,19 @@ pub async fn upload(
     let t = kernel_of(&state, &user, &uri, &name).await?;
     access::touch(&state, t.session_id).await;
     let bad_form = |e: axum::extract::multipart::MultipartError| {
-        ApiError::invalid_api_params().with_msg(format!("Malformed multipart body: {}", e.body_text()))
+        ApiError::invalid_api_params()
+            .with_msg(format!("Malformed multipart body: {}", e.body_text()))
     };
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
         if files.len() >= MAX_UPLOAD_FILES {
             return Err(ApiError::invalid_api_params().with_msg("Too many files"));
         }
-        let Some(filename) = field.file_name().map(str::to_string).filter(|f| !f.is_empty()) else {
+        let Some(filename) = field
+            .file_name()
+            .map(str::to_string)
+            .filter(|f| !f.is_empty())
+        else {
             return Err(ApiError::invalid_api_params().with_msg("Each part needs a filename"));
         };
         let mut data = Vec::new();
@@ -662,8 +698,9 @@ pub async fn download(
     Params(p): Params<DownloadParams>,
 ) -> ApiResult<Response> {
     if p.files.len() > MAX_DOWNLOAD_FILES {
-        return Err(ApiError::invalid_api_params()
-            .with_msg(format!("Too many files (at most {MAX_DOWNLOAD_FILES} per request)")));
+        return Err(ApiError::invalid_api_params().with_msg(format!(
+            "Too many files (at most {MAX_DOWNLOAD_FILES} per request)"
+        )));
     }
     let t = kernel_of(&state, &user, &uri, &name).await?;
     access::touch(&state, t.session_id).await;
@@ -740,13 +777,23 @@ mod tests {
 
     #[test]
     fn python_renderings() {
-        assert_eq!(py_slots(&json!({"cpu": "1", "mem": "268435456"})), "{'cpu': Decimal('1'), 'mem': Decimal('268435456')}");
+        assert_eq!(
+            py_slots(&json!({"cpu": "1", "mem": "268435456"})),
+            "{'cpu': Decimal('1'), 'mem': Decimal('268435456')}"
+        );
         assert_eq!(py_repr(&json!(["A=B", "it's"])), "['A=B', \"it's\"]");
         assert_eq!(py_repr(&json!({})), "{}");
-        assert_eq!(py_repr(&json!({"a": null, "b": true, "c": [1]})), "{'a': None, 'b': True, 'c': [1]}");
-        let t = DateTime::parse_from_rfc3339("2021-06-07T01:02:03.000450Z").unwrap().with_timezone(&Utc);
+        assert_eq!(
+            py_repr(&json!({"a": null, "b": true, "c": [1]})),
+            "{'a': None, 'b': True, 'c': [1]}"
+        );
+        let t = DateTime::parse_from_rfc3339("2021-06-07T01:02:03.000450Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(py_datetime(&t), "2021-06-07 01:02:03.000450+00:00");
-        let t = DateTime::parse_from_rfc3339("2021-06-07T01:02:03Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2021-06-07T01:02:03Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(py_datetime(&t), "2021-06-07 01:02:03+00:00");
     }
 

@@ -59,7 +59,10 @@ async fn next_text(socket: &mut WebSocket) -> Option<String> {
 }
 
 async fn send_json(socket: &mut WebSocket, v: &Value) -> bool {
-    socket.send(Message::Text(v.to_string().into())).await.is_ok()
+    socket
+        .send(Message::Text(v.to_string().into()))
+        .await
+        .is_ok()
 }
 
 async fn run_execute(state: AppState, t: KernelTarget, api: u32, mut socket: WebSocket) {
@@ -70,7 +73,11 @@ async fn run_execute(state: AppState, t: KernelTarget, api: u32, mut socket: Web
     let params: Value = match serde_json::from_str(&first) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            send_json(&mut socket, &error("The first frame must be a JSON object.".into())).await;
+            send_json(
+                &mut socket,
+                &error("The first frame must be a JSON object.".into()),
+            )
+            .await;
             let _ = socket.send(Message::Close(None)).await;
             return;
         }

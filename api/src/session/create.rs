@@ -56,9 +56,17 @@ pub struct CreateParams {
     pub session_type: Option<String>,
     #[serde(default = "default_group", alias = "groupName", alias = "group_name")]
     pub group: String,
-    #[serde(default = "default_domain", alias = "domainName", alias = "domain_name")]
+    #[serde(
+        default = "default_domain",
+        alias = "domainName",
+        alias = "domain_name"
+    )]
     pub domain: String,
-    #[serde(default = "default_cluster_size", alias = "clusterSize", deserialize_with = "de::int")]
+    #[serde(
+        default = "default_cluster_size",
+        alias = "clusterSize",
+        deserialize_with = "de::int"
+    )]
     pub cluster_size: i64,
     #[serde(default, alias = "clusterMode")]
     pub cluster_mode: Option<String>,
@@ -72,7 +80,11 @@ pub struct CreateParams {
     pub max_wait_seconds: Option<i64>,
     #[serde(default, alias = "startsAt")]
     pub starts_at: Option<String>,
-    #[serde(default = "default_true", rename = "reuseIfExists", deserialize_with = "de::tobool")]
+    #[serde(
+        default = "default_true",
+        rename = "reuseIfExists",
+        deserialize_with = "de::tobool"
+    )]
     pub reuse_if_exists: bool,
     #[serde(default, rename = "startupCommand")]
     pub startup_command: Option<String>,
@@ -111,7 +123,7 @@ pub struct CreateConfig {
 /// What a create request resolves to.
 pub enum Plan {
     /// A live session with this name and image exists and may be reused (200).
-    Reuse(SessionRow),
+    Reuse(Box<SessionRow>),
     /// A new session to enqueue.
     Create(Box<SessionSpec>),
 }
@@ -183,7 +195,9 @@ pub fn parse_timedelta(s: &str) -> Option<Duration> {
     if !any || !total.is_finite() || total > 1e12 {
         return None;
     }
-    Some(Duration::milliseconds((sign * total * 1000.0).round() as i64))
+    Some(Duration::milliseconds(
+        (sign * total * 1000.0).round() as i64
+    ))
 }
 
 /// `starts_at`: ISO-8601 (a time without offset is UTC), else a duration from now.
@@ -192,7 +206,12 @@ pub fn parse_starts_at(s: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Some(d.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M%:z"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M%:z",
+    ] {
         if let Ok(d) = NaiveDateTime::parse_from_str(t, fmt) {
             return Some(d.and_utc());
         }
@@ -223,7 +242,12 @@ pub struct ImageSpec {
     pub max: ResourceSlot,
 }
 
-async fn image_entry(etcd: &Etcd, registry: &str, name: &str, tag: &str) -> ApiResult<Option<ImageSpec>> {
+async fn image_entry(
+    etcd: &Etcd,
+    registry: &str,
+    name: &str,
+    tag: &str,
+) -> ApiResult<Option<ImageSpec>> {
     let key = format!("images/{}/{}/{}", quote(registry), quote(name), quote(tag));
     let digest = etcd.get(&key).await.map_err(ApiError::internal_from)?;
     let sub = etcd
@@ -239,14 +263,23 @@ async fn image_entry(etcd: &Etcd, registry: &str, name: &str, tag: &str) -> ApiR
         let parts: Vec<&str> = k.split('/').collect();
         match parts.as_slice() {
             ["resource", slot, "min"] => {
-                min.insert(crate::graphql::images::unquote(slot), Value::String(v.clone()));
+                min.insert(
+                    crate::graphql::images::unquote(slot),
+                    Value::String(v.clone()),
+                );
             }
             ["resource", slot, "max"] => {
-                max.insert(crate::graphql::images::unquote(slot), Value::String(v.clone()));
+                max.insert(
+                    crate::graphql::images::unquote(slot),
+                    Value::String(v.clone()),
+                );
             }
             ["labels", label] => {
-                if let Some(slot) = crate::graphql::images::unquote(label).strip_prefix("ai.backend.resource.min.") {
-                    min.entry(slot.to_string()).or_insert(Value::String(v.clone()));
+                if let Some(slot) =
+                    crate::graphql::images::unquote(label).strip_prefix("ai.backend.resource.min.")
+                {
+                    min.entry(slot.to_string())
+                        .or_insert(Value::String(v.clone()));
                 }
             }
             _ => {}
@@ -254,7 +287,9 @@ async fn image_entry(etcd: &Etcd, registry: &str, name: &str, tag: &str) -> ApiR
     }
     let parse = |m: Map<String, Value>| {
         ResourceSlot::from_json(&Value::Object(m)).map_err(|e| {
-            ApiError::internal_from(format!("image {registry}/{name}:{tag} has bad resource limits: {e}"))
+            ApiError::internal_from(format!(
+                "image {registry}/{name}:{tag} has bad resource limits: {e}"
+            ))
         })
     };
     Ok(Some(ImageSpec {
@@ -270,7 +305,11 @@ async fn image_entry(etcd: &Etcd, registry: &str, name: &str, tag: &str) -> ApiR
 /// A reference without a registry (`python:3.9-ubuntu20.04`) that is not on Docker Hub
 /// in the catalogue is looked up once more among the `allowed` registries by its
 /// last path component (`*/python:3.9-ubuntu20.04`), if exactly one image matches.
-pub async fn resolve_image(etcd: &Etcd, reference: &str, allowed: &[String]) -> ApiResult<ImageSpec> {
+pub async fn resolve_image(
+    etcd: &Etcd,
+    reference: &str,
+    allowed: &[String],
+) -> ApiResult<ImageSpec> {
     let reference = reference.trim();
     if reference.is_empty() {
         return Err(image_not_found());
@@ -293,7 +332,9 @@ pub async fn resolve_image(etcd: &Etcd, reference: &str, allowed: &[String]) -> 
     }
     if registry == "index.docker.io" && !canonical.starts_with("index.docker.io/") {
         let short = name.strip_prefix("library/").unwrap_or(&name);
-        let catalog = ImageCatalog::load(etcd).await.map_err(ApiError::internal_from)?;
+        let catalog = ImageCatalog::load(etcd)
+            .await
+            .map_err(ApiError::internal_from)?;
         let suffix = format!("/{short}");
         let found: Vec<_> = catalog
             .images
@@ -385,18 +426,36 @@ pub async fn plan(
     if !valid_session_name(&p.name) {
         return Err(field_error(
             "name",
-            format!("value does not match pattern: {:?}", r"^(?=.{4,64}$)\w[\w.-]*\w$"),
+            format!(
+                "value does not match pattern: {:?}",
+                r"^(?=.{4,64}$)\w[\w.-]*\w$"
+            ),
         ));
     }
-    let session_type = match p.session_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let session_type = match p
+        .session_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("interactive") => "INTERACTIVE",
         Some("batch") => "BATCH",
-        Some(other) => return Err(field_error("type", format!("{other:?} is not a valid session type"))),
+        Some(other) => {
+            return Err(field_error(
+                "type",
+                format!("{other:?} is not a valid session type"),
+            ))
+        }
     };
     let cluster_mode = match p.cluster_mode.as_deref() {
         None | Some("single-node") => "single-node",
         Some("multi-node") => "multi-node",
-        Some(other) => return Err(field_error("cluster_mode", format!("{other:?} is not a valid cluster mode"))),
+        Some(other) => {
+            return Err(field_error(
+                "cluster_mode",
+                format!("{other:?} is not a valid cluster mode"),
+            ))
+        }
     };
     if !(1..=MAX_CLUSTER_SIZE).contains(&p.cluster_size) {
         return Err(field_error(
@@ -420,7 +479,9 @@ pub async fn plan(
     }
     let starts_at_raw = p.starts_at.clone().filter(|s| !s.is_empty());
     if session_type == "INTERACTIVE" && starts_at_raw.is_some() {
-        return Err(invalid("Parameter starts_at should be used only for batch sessions"));
+        return Err(invalid(
+            "Parameter starts_at should be used only for batch sessions",
+        ));
     }
     let starts_at = match &starts_at_raw {
         None => None,
@@ -440,16 +501,26 @@ pub async fn plan(
             .as_i64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .filter(|p| (1024..=65535).contains(p))
-            .ok_or_else(|| field_error("preopen_ports", format!("{v} is not a port between 1024 and 65535")))?;
+            .ok_or_else(|| {
+                field_error(
+                    "preopen_ports",
+                    format!("{v} is not a port between 1024 and 65535"),
+                )
+            })?;
         preopen_ports.push(port as i32);
     }
     let mounts_req = config.mounts.unwrap_or_default();
     let mount_map = config.mount_map.unwrap_or_default();
     for (name, path) in &mount_map {
         if !mounts_req.contains(name) {
-            return Err(invalid(format!("The vfolder {name} is not in the mounts list.")));
+            return Err(invalid(format!(
+                "The vfolder {name} is not in the mounts list."
+            )));
         }
-        if !path.starts_with("/home/work/") || path.split('/').any(|seg| seg == "..") || path == "/home/work/" {
+        if !path.starts_with("/home/work/")
+            || path.split('/').any(|seg| seg == "..")
+            || path == "/home/work/"
+        {
             return Err(invalid(format!(
                 "Path {path} must be a sub-directory of /home/work/ (mount_map of {name})."
             )));
@@ -461,7 +532,11 @@ pub async fn plan(
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let role = if requester_is_owner { UserRole::User } else { owner.role };
+    let role = if requester_is_owner {
+        UserRole::User
+    } else {
+        owner.role
+    };
 
     // --- database (one read-only transaction) ---
     let mut txn = state.db.begin_readonly().await?;
@@ -486,7 +561,9 @@ pub async fn plan(
         }
         UserRole::Admin => {
             if p.domain != domain_name {
-                return Err(invalid("You can only set the domain to the owner's domain."));
+                return Err(invalid(
+                    "You can only set the domain to the owner's domain.",
+                ));
             }
             sqlx::query_scalar(
                 "SELECT id FROM groups WHERE domain_name = $1 AND name = $2 AND is_active",
@@ -525,13 +602,16 @@ pub async fn plan(
 
     // An existing live session with the same name (exact match; the original's prefix
     // match made `abc1` collide with a live `abc10`, errata #3).
-    if let Some(existing) = lookup::find_by_exact_name(&mut txn, &p.name, &owner.access_key).await? {
+    if let Some(existing) = lookup::find_by_exact_name(&mut txn, &p.name, &owner.access_key).await?
+    {
         let same_image = existing.image.as_deref() == Some(image.canonical.as_str());
         if same_image && p.reuse_if_exists {
             txn.commit().await?;
-            return Ok(Plan::Reuse(existing));
+            return Ok(Plan::Reuse(Box::new(existing)));
         }
-        return Err(session_already_exists().with_data(json!({ "existingSessionId": existing.session_id })));
+        return Err(
+            session_already_exists().with_data(json!({ "existingSessionId": existing.session_id }))
+        );
     }
 
     // Virtual folders: names the owner can access (own, group, shared).
@@ -568,18 +648,20 @@ pub async fn plan(
         &owner.access_key,
     )
     .await?;
-    let sg_opts: Vec<(String, Value)> =
-        sqlx::query_as("SELECT name, scheduler_opts FROM scaling_groups WHERE name = ANY($1) ORDER BY name")
-            .bind(&allowed_sgroups)
-            .fetch_all(&mut *txn)
-            .await?;
+    let sg_opts: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT name, scheduler_opts FROM scaling_groups WHERE name = ANY($1) ORDER BY name",
+    )
+    .bind(&allowed_sgroups)
+    .fetch_all(&mut *txn)
+    .await?;
     let accepts = |opts: &Value| {
         opts.get("allowed_session_types")
             .and_then(Value::as_array)
             .is_none_or(|types| {
-                types
-                    .iter()
-                    .any(|t| t.as_str().is_some_and(|t| t.eq_ignore_ascii_case(session_type)))
+                types.iter().any(|t| {
+                    t.as_str()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(session_type))
+                })
             })
     };
     let scaling_group = match config.scaling_group.as_deref().filter(|s| !s.is_empty()) {
@@ -598,7 +680,10 @@ pub async fn plan(
                 return Err(scaling_group_not_found().with_msg(if sg_opts.is_empty() {
                     "You have no scaling groups allowed to use.".to_string()
                 } else {
-                    format!("No scaling groups accept the session type '{}'.", session_type.to_lowercase())
+                    format!(
+                        "No scaling groups accept the session type '{}'.",
+                        session_type.to_lowercase()
+                    )
                 }))
             }
         },
@@ -676,10 +761,26 @@ mod tests {
 
     #[test]
     fn session_names() {
-        for ok in ["mysess", "a_b.c-d", "pysdk-543320f232", "abcd", &"x".repeat(64)] {
+        for ok in [
+            "mysess",
+            "a_b.c-d",
+            "pysdk-543320f232",
+            "abcd",
+            &"x".repeat(64),
+        ] {
             assert!(valid_session_name(ok), "{ok}");
         }
-        for bad in ["abc", "-abc", "abc-", "ab c", "ab/cd", "séssion", &"x".repeat(65), ".abc", "abc."] {
+        for bad in [
+            "abc",
+            "-abc",
+            "abc-",
+            "ab c",
+            "ab/cd",
+            "séssion",
+            &"x".repeat(65),
+            ".abc",
+            "abc.",
+        ] {
             assert!(!valid_session_name(bad), "{bad}");
         }
     }
@@ -706,10 +807,11 @@ mod tests {
 
     #[test]
     fn slots_take_image_minimums_and_check_bounds() {
-        let known: BTreeMap<String, String> = [("cpu", "count"), ("mem", "bytes"), ("cuda.device", "count")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let known: BTreeMap<String, String> =
+            [("cpu", "count"), ("mem", "bytes"), ("cuda.device", "count")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         let image = ImageSpec {
             canonical: "r/x:1".into(),
             registry: "r".into(),
@@ -717,9 +819,15 @@ mod tests {
             max: ResourceSlot::from_json(&json!({"cpu": "4"})).unwrap(),
         };
         let s = requested_slots(Some(&json!({})), &known, &image).unwrap();
-        assert_eq!(s.to_json(), json!({"cpu": "1", "mem": "536870912", "cuda.device": "0"}));
+        assert_eq!(
+            s.to_json(),
+            json!({"cpu": "1", "mem": "536870912", "cuda.device": "0"})
+        );
         let s = requested_slots(Some(&json!({"cpu": "2", "mem": "1g"})), &known, &image).unwrap();
-        assert_eq!(s.to_json(), json!({"cpu": "2", "mem": "1073741824", "cuda.device": "0"}));
+        assert_eq!(
+            s.to_json(),
+            json!({"cpu": "2", "mem": "1073741824", "cuda.device": "0"})
+        );
         assert!(requested_slots(None, &known, &image).is_ok());
         let e = requested_slots(Some(&json!({"tpu": "1"})), &known, &image).unwrap_err();
         assert_eq!(e.msg.as_deref(), Some("Unknown resource slot: tpu"));

@@ -52,7 +52,8 @@ pub fn target(state: &AppState, row: &SessionRow) -> ApiResult<KernelTarget> {
 pub fn kernel_gone(e: &RpcError) -> bool {
     match e {
         RpcError::Remote { error, .. } => {
-            error.kind == "kernel-gone" || (error.kind == "not-found" && error.message.starts_with("no kernel "))
+            error.kind == "kernel-gone"
+                || (error.kind == "not-found" && error.message.starts_with("no kernel "))
         }
         _ => false,
     }

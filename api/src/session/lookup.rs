@@ -81,16 +81,17 @@ pub async fn find_session(
     access_key: &str,
     allow_stale: bool,
 ) -> ApiResult<SessionRow> {
-    let pick = |rows: Vec<SessionRow>, exact: &dyn Fn(&SessionRow) -> bool| -> ApiResult<SessionRow> {
-        if let Some(row) = rows.iter().find(|r| exact(r)) {
-            return Ok(row.clone());
-        }
-        if rows.len() == 1 {
-            if let Some(row) = rows.first() {
+    let pick =
+        |rows: Vec<SessionRow>, exact: &dyn Fn(&SessionRow) -> bool| -> ApiResult<SessionRow> {
+            if let Some(row) = rows.iter().find(|r| exact(r)) {
                 return Ok(row.clone());
             }
-        }
-        Err(too_many_sessions_matched().with_data(json!({
+            if rows.len() == 1 {
+                if let Some(row) = rows.first() {
+                    return Ok(row.clone());
+                }
+            }
+            Err(too_many_sessions_matched().with_data(json!({
                 "matches": rows.iter().map(|r| json!({
                     "id": r.session_id,
                     "name": r.name,
@@ -98,18 +99,32 @@ pub async fn find_session(
                     "created_at": r.created_at.map(|t| t.to_rfc3339()),
                 })).collect::<Vec<_>>(),
             })))
-    };
+        };
     if key.is_empty() {
         return Err(session_not_found());
     }
     let id_pattern = format!("{}%", like_escape(&key.to_ascii_lowercase()));
-    let rows = match_set(txn, "k.session_id::text LIKE $1", &id_pattern, access_key, allow_stale).await?;
+    let rows = match_set(
+        txn,
+        "k.session_id::text LIKE $1",
+        &id_pattern,
+        access_key,
+        allow_stale,
+    )
+    .await?;
     if !rows.is_empty() {
         let full = Uuid::parse_str(key).ok();
         return pick(rows, &|r| Some(r.session_id) == full);
     }
     let name_pattern = format!("{}%", like_escape(key));
-    let rows = match_set(txn, "k.session_name LIKE $1", &name_pattern, access_key, allow_stale).await?;
+    let rows = match_set(
+        txn,
+        "k.session_name LIKE $1",
+        &name_pattern,
+        access_key,
+        allow_stale,
+    )
+    .await?;
     if !rows.is_empty() {
         return pick(rows, &|r| r.name.as_deref() == Some(key));
     }
@@ -128,7 +143,11 @@ pub async fn find_session(
 }
 
 /// The live session of `access_key` with exactly this name, if any.
-pub async fn find_by_exact_name(txn: &mut Txn, name: &str, access_key: &str) -> ApiResult<Option<SessionRow>> {
+pub async fn find_by_exact_name(
+    txn: &mut Txn,
+    name: &str,
+    access_key: &str,
+) -> ApiResult<Option<SessionRow>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM kernels k WHERE k.cluster_role = 'main' AND k.access_key = $2 \
          AND k.status NOT IN ('TERMINATED', 'CANCELLED') AND k.session_name = $1 \

@@ -22,7 +22,11 @@ use crate::error::ApiError;
 pub const DEAD_STATUSES: &[&str] = &["TERMINATED", "CANCELLED"];
 
 pub fn session_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "session-not-found", "No such session.")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "session-not-found",
+        "No such session.",
+    )
 }
 
 pub fn too_many_sessions_matched() -> ApiError {
@@ -42,11 +46,19 @@ pub fn session_already_exists() -> ApiError {
 }
 
 pub fn image_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "image-not-found", "No such environment image.")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "image-not-found",
+        "No such environment image.",
+    )
 }
 
 pub fn vfolder_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "vfolder-not-found", "No such virtual folder.")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "vfolder-not-found",
+        "No such virtual folder.",
+    )
 }
 
 pub fn scaling_group_not_found() -> ApiError {

@@ -50,7 +50,9 @@ pub async fn run_ingest(rt: Arc<AgentsRuntime>, shutdown: CancellationToken) -> 
         match consume(&rt, &shutdown).await {
             Ok(()) if shutdown.is_cancelled() => break,
             Ok(()) => tracing::warn!("agent event consumers ended; reconnecting"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "agent event ingest failed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "agent event ingest failed; reconnecting")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -63,7 +65,12 @@ pub async fn run_ingest(rt: Arc<AgentsRuntime>, shutdown: CancellationToken) -> 
 
 async fn consume(rt: &Arc<AgentsRuntime>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let names = Names::new(&rt.opts.prefix);
-    let conn = amqp::connect(&rt.opts.amqp_url, &format!("ingest:{}", rt.opts.instance), Duration::from_secs(10)).await?;
+    let conn = amqp::connect(
+        &rt.opts.amqp_url,
+        &format!("ingest:{}", rt.opts.instance),
+        Duration::from_secs(10),
+    )
+    .await?;
     let hb_channel = conn.create_channel().await?;
     amqp::declare_topology(&hb_channel, &names).await?;
     hb_channel
@@ -93,18 +100,19 @@ async fn consume(rt: &Arc<AgentsRuntime>, shutdown: &CancellationToken) -> anyho
 
     let mut tasks = JoinSet::new();
     let hb_permits = Arc::new(Semaphore::new(rt.opts.heartbeat_prefetch.max(1) as usize));
-    let lanes: Vec<mpsc::UnboundedSender<(Delivery, AgentMessage)>> = (0..rt.opts.lifecycle_lanes.max(1))
-        .map(|_| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<(Delivery, AgentMessage)>();
-            let rt = rt.clone();
-            tasks.spawn(async move {
-                while let Some((delivery, msg)) = rx.recv().await {
-                    process_lifecycle(&rt, delivery, msg).await;
-                }
-            });
-            tx
-        })
-        .collect();
+    let lanes: Vec<mpsc::UnboundedSender<(Delivery, AgentMessage)>> =
+        (0..rt.opts.lifecycle_lanes.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<(Delivery, AgentMessage)>();
+                let rt = rt.clone();
+                tasks.spawn(async move {
+                    while let Some((delivery, msg)) = rx.recv().await {
+                        process_lifecycle(&rt, delivery, msg).await;
+                    }
+                });
+                tx
+            })
+            .collect();
 
     let result = loop {
         tokio::select! {
@@ -142,7 +150,10 @@ async fn consume(rt: &Arc<AgentsRuntime>, shutdown: &CancellationToken) -> anyho
     // Stop taking messages; let what we hold finish (unacked ones are redelivered to other
     // workers when the connection closes).
     drop(lanes);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.abort_all();
     let _ = conn.close(200, "ingest stopping").await;
     result
@@ -249,7 +260,9 @@ fn is_data_error(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d
             .code()
             .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("42")),
-        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::TypeNotFound { .. } => true,
+        sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::TypeNotFound { .. } => true,
         _ => false,
     }
 }
@@ -281,7 +294,10 @@ pub async fn handle_lifecycle(rt: &AgentsRuntime, msg: &AgentMessage) -> anyhow:
                 .await?;
         }
         AgentEvent::KernelPreparing(lc) => {
-            let t = in_txn(rt, lc.kernel_id, |c, k| Box::pin(kernels::mark_kernel_preparing(c, k))).await?;
+            let t = in_txn(rt, lc.kernel_id, |c, k| {
+                Box::pin(kernels::mark_kernel_preparing(c, k))
+            })
+            .await?;
             if let Some(t) = live(t) {
                 rt.publish(
                     derived_id(msg.id, "kernel_preparing"),
@@ -316,7 +332,10 @@ pub async fn handle_lifecycle(rt: &AgentsRuntime, msg: &AgentMessage) -> anyhow:
             }
         }
         AgentEvent::KernelCreating(lc) => {
-            let t = in_txn(rt, lc.kernel_id, |c, k| Box::pin(kernels::mark_kernel_creating(c, k))).await?;
+            let t = in_txn(rt, lc.kernel_id, |c, k| {
+                Box::pin(kernels::mark_kernel_creating(c, k))
+            })
+            .await?;
             if let Some(t) = live(t) {
                 rt.publish(
                     derived_id(msg.id, "kernel_creating"),
@@ -337,9 +356,17 @@ pub async fn handle_lifecycle(rt: &AgentsRuntime, msg: &AgentMessage) -> anyhow:
                 serde_json::to_value(&ks.service_ports)?,
             );
             let t = in_txn(rt, ks.kernel_id, move |c, k| {
-                let (container_id, host, ports) = (container_id.clone(), host.clone(), ports.clone());
+                let (container_id, host, ports) =
+                    (container_id.clone(), host.clone(), ports.clone());
                 Box::pin(async move {
-                    kernels::mark_kernel_started(c, k, container_id.as_deref(), host.as_deref(), Some(&ports)).await
+                    kernels::mark_kernel_started(
+                        c,
+                        k,
+                        container_id.as_deref(),
+                        host.as_deref(),
+                        Some(&ports),
+                    )
+                    .await
                 })
             })
             .await?;
@@ -389,7 +416,11 @@ pub async fn handle_lifecycle(rt: &AgentsRuntime, msg: &AgentMessage) -> anyhow:
             let found = rt
                 .ctx
                 .db
-                .transact(move |txn| Box::pin(async move { kernels::set_session_result(&mut **txn, sid, success, code).await }))
+                .transact(move |txn| {
+                    Box::pin(
+                        async move { kernels::set_session_result(txn, sid, success, code).await },
+                    )
+                })
                 .await?;
             if found {
                 let event = if success {
@@ -439,9 +470,17 @@ type TransitionFn = dyn for<'c> Fn(
     + Sync;
 
 /// Runs one kernel transition in a SERIALIZABLE transaction (retried on conflicts).
-async fn in_txn<F>(rt: &AgentsRuntime, kernel_id: Uuid, f: F) -> anyhow::Result<Option<KernelTransition>>
+async fn in_txn<F>(
+    rt: &AgentsRuntime,
+    kernel_id: Uuid,
+    f: F,
+) -> anyhow::Result<Option<KernelTransition>>
 where
-    F: for<'c> Fn(&'c mut sqlx::PgConnection, Uuid) -> futures::future::BoxFuture<'c, anyhow::Result<Option<KernelTransition>>>
+    F: for<'c> Fn(
+            &'c mut sqlx::PgConnection,
+            Uuid,
+        )
+            -> futures::future::BoxFuture<'c, anyhow::Result<Option<KernelTransition>>>
         + Send
         + Sync
         + 'static,
@@ -452,13 +491,18 @@ where
         .db
         .transact(move |txn| {
             let f = f.clone();
-            Box::pin(async move { f(&mut **txn, kernel_id).await })
+            Box::pin(async move { f(txn, kernel_id).await })
         })
         .await?;
     Ok(out)
 }
 
-async fn announce_terminated(rt: &AgentsRuntime, t: &KernelTransition, reason: &str, exit_code: i32) {
+async fn announce_terminated(
+    rt: &AgentsRuntime,
+    t: &KernelTransition,
+    reason: &str,
+    exit_code: i32,
+) {
     // Kernel-derived id: whichever path reports this kernel's end first (agent event,
     // lost-agent monitor, redelivery), JetStream keeps one event.
     rt.publish(

@@ -128,17 +128,34 @@ async fn simple_transition(
 
 /// `kernel_preparing`: SCHEDULED → PREPARING (the prepare loop usually got there first,
 /// then this is a no-op). `None` when the kernel does not exist.
-pub async fn mark_kernel_preparing(conn: &mut PgConnection, kernel_id: Uuid) -> anyhow::Result<Option<KernelTransition>> {
+pub async fn mark_kernel_preparing(
+    conn: &mut PgConnection,
+    kernel_id: Uuid,
+) -> anyhow::Result<Option<KernelTransition>> {
     simple_transition(conn, kernel_id, &["SCHEDULED"], "PREPARING", None).await
 }
 
 /// `kernel_pulling`: SCHEDULED/PREPARING → PULLING with `status_info` = the image.
-pub async fn mark_kernel_pulling(conn: &mut PgConnection, kernel_id: Uuid, image: &str) -> anyhow::Result<Option<KernelTransition>> {
-    simple_transition(conn, kernel_id, &["SCHEDULED", "PREPARING"], "PULLING", Some(image)).await
+pub async fn mark_kernel_pulling(
+    conn: &mut PgConnection,
+    kernel_id: Uuid,
+    image: &str,
+) -> anyhow::Result<Option<KernelTransition>> {
+    simple_transition(
+        conn,
+        kernel_id,
+        &["SCHEDULED", "PREPARING"],
+        "PULLING",
+        Some(image),
+    )
+    .await
 }
 
 /// `kernel_creating`: PULLING → PREPARING (orchestration.md §1.2 row 9).
-pub async fn mark_kernel_creating(conn: &mut PgConnection, kernel_id: Uuid) -> anyhow::Result<Option<KernelTransition>> {
+pub async fn mark_kernel_creating(
+    conn: &mut PgConnection,
+    kernel_id: Uuid,
+) -> anyhow::Result<Option<KernelTransition>> {
     simple_transition(conn, kernel_id, &["PULLING"], "PREPARING", Some("")).await
 }
 
@@ -191,7 +208,9 @@ pub async fn mark_kernel_terminated(
         return Ok(None);
     };
     match row.status.as_str() {
-        "CANCELLED" | "RESTARTING" | "PENDING" => return Ok(Some(transition(kernel_id, &row, false))),
+        "CANCELLED" | "RESTARTING" | "PENDING" => {
+            return Ok(Some(transition(kernel_id, &row, false)))
+        }
         "TERMINATED" => {
             let known = row
                 .status_data
@@ -237,7 +256,10 @@ pub async fn mark_kernel_terminated(
 
 /// Recomputes `agents.occupied_slots` as the sum of `occupied_slots` of the agent's
 /// kernels in AGENT_RESOURCE_OCCUPYING statuses.
-pub async fn recalc_agent_occupancy(conn: &mut PgConnection, agent_id: &str) -> anyhow::Result<Value> {
+pub async fn recalc_agent_occupancy(
+    conn: &mut PgConnection,
+    agent_id: &str,
+) -> anyhow::Result<Value> {
     let rows: Vec<Value> = sqlx::query_scalar(
         "SELECT occupied_slots FROM kernels WHERE agent = $1 AND status::text = ANY($2)",
     )
@@ -257,7 +279,10 @@ pub async fn recalc_agent_occupancy(conn: &mut PgConnection, agent_id: &str) -> 
 /// Recomputes `keypairs.concurrency_used` = the keypair's kernels in
 /// USER_RESOURCE_OCCUPYING statuses (the original counts kernels, not sessions; this is
 /// the one place to change if the scheduler decides otherwise).
-pub async fn recalc_concurrency_used(conn: &mut PgConnection, access_key: &str) -> anyhow::Result<i64> {
+pub async fn recalc_concurrency_used(
+    conn: &mut PgConnection,
+    access_key: &str,
+) -> anyhow::Result<i64> {
     let n: i64 = sqlx::query_scalar(
         "WITH c AS (SELECT count(*) AS n FROM kernels WHERE access_key = $1 AND status::text = ANY($2)) \
          UPDATE keypairs SET concurrency_used = (SELECT n FROM c) WHERE access_key = $1 \
@@ -274,7 +299,10 @@ pub async fn recalc_concurrency_used(conn: &mut PgConnection, access_key: &str) 
 /// The #430 rule: locks every kernel of the session; if all are TERMINATED and the session
 /// was not marked yet, marks `status_data.session.status = "terminated"` on every row and
 /// returns `true` — the caller then publishes SessionTerminated, exactly once per session.
-pub async fn check_session_terminated(conn: &mut PgConnection, session_id: Uuid) -> anyhow::Result<bool> {
+pub async fn check_session_terminated(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+) -> anyhow::Result<bool> {
     let rows: Vec<(String, Option<Value>)> = sqlx::query_as(
         "SELECT status::text, status_data FROM kernels WHERE session_id = $1 ORDER BY id FOR UPDATE",
     )
@@ -306,7 +334,12 @@ pub async fn check_session_terminated(conn: &mut PgConnection, session_id: Uuid)
 /// `session_success` / `session_failure` of a batch session: sets `kernels.result` on the
 /// main kernel and keeps the exit code in `status_data.batch.exit_code` (the original
 /// dropped it). Returns false when the session has no main kernel.
-pub async fn set_session_result(conn: &mut PgConnection, session_id: Uuid, success: bool, exit_code: i32) -> anyhow::Result<bool> {
+pub async fn set_session_result(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    success: bool,
+    exit_code: i32,
+) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "UPDATE kernels SET result = $2::sessionresult, \
          status_data = jsonb_set(COALESCE(status_data, '{}'::jsonb), '{batch}', jsonb_build_object('exit_code', $3::int)) \

@@ -142,7 +142,7 @@ pub async fn agent_lost(rt: &AgentsRuntime, agent_id: &str, reason: &str) -> any
         .db
         .transact(move |txn| {
             let id = id.clone();
-            Box::pin(async move { mark_agent_down(&mut **txn, &id, status, kernel_reason).await })
+            Box::pin(async move { mark_agent_down(txn, &id, status, kernel_reason).await })
         })
         .await?;
     rt.cache.forget(agent_id);
@@ -150,10 +150,19 @@ pub async fn agent_lost(rt: &AgentsRuntime, agent_id: &str, reason: &str) -> any
         return Ok(false);
     };
     if status == "LOST" {
-        tracing::warn!(agent_id, kernels = down.kernels.len(), "agent lost: no heartbeat within the timeout");
+        tracing::warn!(
+            agent_id,
+            kernels = down.kernels.len(),
+            "agent lost: no heartbeat within the timeout"
+        );
         rt.metrics.agents_lost.fetch_add(1, Ordering::Relaxed);
     } else {
-        tracing::info!(agent_id, kernels = down.kernels.len(), reason, "agent terminated");
+        tracing::info!(
+            agent_id,
+            kernels = down.kernels.len(),
+            reason,
+            "agent terminated"
+        );
     }
     for (kernel_id, session_id) in &down.kernels {
         rt.publish(
@@ -213,7 +222,10 @@ async fn reconcile(rt: &AgentsRuntime) -> anyhow::Result<()> {
         }
         let added: i64 = cmd.query_async(&mut *conn).await?;
         if added > 0 {
-            tracing::info!(added, "liveness: tracking ALIVE agents that had no heartbeat record");
+            tracing::info!(
+                added,
+                "liveness: tracking ALIVE agents that had no heartbeat record"
+            );
         }
     }
     Ok(())

@@ -33,9 +33,9 @@ use bai_events::Event;
 use crate::runtime::WorkerContext;
 
 pub use kernels::{
-    check_session_terminated, mark_agent_down, mark_kernel_creating, mark_kernel_preparing, mark_kernel_pulling,
-    mark_kernel_started, mark_kernel_terminated, recalc_agent_occupancy, recalc_concurrency_used, set_session_result,
-    AgentDown, KernelTransition,
+    check_session_terminated, mark_agent_down, mark_kernel_creating, mark_kernel_preparing,
+    mark_kernel_pulling, mark_kernel_started, mark_kernel_terminated, recalc_agent_occupancy,
+    recalc_concurrency_used, set_session_result, AgentDown, KernelTransition,
 };
 pub use registry::HeartbeatOutcome;
 
@@ -45,7 +45,8 @@ pub struct AgentIngestOptions {
     pub amqp_url: String,
     /// `rabbitmq.prefix`: names of the agent queues and exchanges.
     pub prefix: String,
-    /// Prefix of this component's Redis keys (empty in production; tests isolate with it).
+    /// Prefix of this component's Redis keys: empty for the default `bai` prefix,
+    /// `"{prefix}:"` otherwise (tests and side-by-side deployments isolate with it).
     pub redis_prefix: String,
     /// `manager.heartbeat-timeout`: silence after which an agent is LOST.
     pub heartbeat_timeout: Duration,
@@ -73,7 +74,14 @@ impl AgentIngestOptions {
         Self {
             amqp_url: cfg.rabbitmq.url.clone(),
             prefix: cfg.rabbitmq.prefix.clone(),
-            redis_prefix: String::new(),
+            // The default deployment keeps the original's key names; any other prefix
+            // gets its own keys, so deployments sharing a Redis never judge each other's
+            // agents.
+            redis_prefix: if cfg.rabbitmq.prefix == "bai" {
+                String::new()
+            } else {
+                format!("{}:", cfg.rabbitmq.prefix)
+            },
             heartbeat_timeout: Duration::from_secs_f64(cfg.manager.heartbeat_timeout.max(1.0)),
             liveness_period: Duration::from_secs(1),
             reconcile_period: Duration::from_secs(30),
@@ -153,10 +161,9 @@ pub struct AgentsRuntime {
 impl AgentsRuntime {
     /// Fails when the worker context has no Redis pool (liveness lives in Redis).
     pub fn new(ctx: Arc<WorkerContext>, opts: AgentIngestOptions) -> anyhow::Result<Arc<Self>> {
-        let redis = ctx
-            .redis
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the agent ingest needs Redis (worker context without a Redis pool)"))?;
+        let redis = ctx.redis.clone().ok_or_else(|| {
+            anyhow::anyhow!("the agent ingest needs Redis (worker context without a Redis pool)")
+        })?;
         Ok(Arc::new(Self {
             keys: RedisKeys::new(&opts.redis_prefix),
             cache: registry::HeartbeatCache::new(opts.cache_ttl),

@@ -112,7 +112,11 @@ impl HeartbeatCache {
     fn check(&self, agent_id: &str, record: &AgentRecord) -> Option<bool> {
         let map = self.lock();
         let e = map.get(agent_id)?;
-        let ttl = if e.rejected { Duration::from_secs(60) } else { self.ttl };
+        let ttl = if e.rejected {
+            Duration::from_secs(60)
+        } else {
+            self.ttl
+        };
         (e.record == *record && e.at.elapsed() < ttl).then_some(e.rejected)
     }
 
@@ -138,8 +142,12 @@ pub enum HeartbeatOutcome {
     /// Nothing to write (the steady state).
     Unchanged,
     Inserted,
-    Updated { previous_scaling_group: String },
-    Revived { previous_status: String },
+    Updated {
+        previous_scaling_group: String,
+    },
+    Revived {
+        previous_status: String,
+    },
     /// The database refused the agent (logged once a minute).
     Rejected,
     /// A heartbeat sent before the agent was marked LOST/TERMINATED (it was queued
@@ -309,19 +317,25 @@ async fn upsert(
 /// heartbeat cannot help.
 fn is_permanent(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        let db = c
-            .downcast_ref::<sqlx::Error>()
-            .or_else(|| match c.downcast_ref::<bai_core::TxnError>() {
+        let db = c.downcast_ref::<sqlx::Error>().or_else(|| {
+            match c.downcast_ref::<bai_core::TxnError>() {
                 Some(bai_core::TxnError::Database(d)) => Some(d),
                 _ => None,
-            });
+            }
+        });
         db.and_then(|d| d.as_database_error())
             .and_then(|d| d.code())
             .is_some_and(|code| code.starts_with("23") || code.starts_with("22"))
     })
 }
 
-async fn after_write(rt: &AgentsRuntime, agent_id: &str, info: &AgentInfo, record: &AgentRecord, outcome: &HeartbeatOutcome) {
+async fn after_write(
+    rt: &AgentsRuntime,
+    agent_id: &str,
+    info: &AgentInfo,
+    record: &AgentRecord,
+    outcome: &HeartbeatOutcome,
+) {
     tracing::info!(agent_id, outcome = ?outcome, scaling_group = %record.scaling_group, "agent registered/updated");
     if let HeartbeatOutcome::Revived { .. } = outcome {
         rt.publish(
@@ -343,7 +357,10 @@ async fn after_write(rt: &AgentsRuntime, agent_id: &str, info: &AgentInfo, recor
         }
     }
     rt.request_schedule(&record.scaling_group).await;
-    if let HeartbeatOutcome::Updated { previous_scaling_group } = outcome {
+    if let HeartbeatOutcome::Updated {
+        previous_scaling_group,
+    } = outcome
+    {
         if previous_scaling_group != &record.scaling_group {
             rt.request_schedule(previous_scaling_group).await;
         }

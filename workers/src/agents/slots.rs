@@ -41,7 +41,9 @@ pub fn sum<'a>(maps: impl IntoIterator<Item = &'a Value>) -> Value {
             let Some(a) = parse(v) else { continue };
             let e = acc.entry(k.clone()).or_insert(Amount::Num(Decimal::ZERO));
             *e = match (*e, a) {
-                (Amount::Num(x), Amount::Num(y)) => x.checked_add(y).map(Amount::Num).unwrap_or(Amount::Inf),
+                (Amount::Num(x), Amount::Num(y)) => {
+                    x.checked_add(y).map(Amount::Num).unwrap_or(Amount::Inf)
+                }
                 _ => Amount::Inf,
             };
         }
@@ -69,7 +71,10 @@ mod tests {
             super::sum([&a, &b]),
             json!({"cpu": "2", "mem": "2147483648", "cuda.shares": "0.25"})
         );
-        assert_eq!(super::sum([&json!({"x": "Infinity"}), &json!({"x": "1"})]), json!({"x": "Infinity"}));
+        assert_eq!(
+            super::sum([&json!({"x": "Infinity"}), &json!({"x": "1"})]),
+            json!({"x": "Infinity"})
+        );
         assert_eq!(super::sum(std::iter::empty()), json!({}));
     }
 }

@@ -31,9 +31,15 @@ fn rejected(status: u16, slug: &str, title: &str, msg: Option<String>) -> Comman
     }
 }
 
-pub async fn restart(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, session_id: Uuid) -> Result<CommandReply, HandlerError> {
+pub async fn restart(
+    ctx: &Arc<WorkerContext>,
+    env: &Envelope<Command>,
+    session_id: Uuid,
+) -> Result<CommandReply, HandlerError> {
     let Some(rpc) = ctx.agent_rpc.clone() else {
-        return Err(HandlerError::Transient(anyhow::anyhow!("this worker has no agent RPC client")));
+        return Err(HandlerError::Transient(anyhow::anyhow!(
+            "this worker has no agent RPC client"
+        )));
     };
     let claim = run_once(&ctx.db, env.id, "restart_session", move |txn| {
         Box::pin(async move {
@@ -64,9 +70,15 @@ pub async fn restart(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, session_
     .map_err(HandlerError::from_txn)?
     .into_value();
     match claim.get("error").and_then(Value::as_str) {
-        Some("not-found") => return Ok(rejected(404, "session-not-found", "No such session.", None)),
+        Some("not-found") => {
+            return Ok(rejected(404, "session-not-found", "No such session.", None))
+        }
         Some(_) => {
-            let status = claim.get("status").and_then(Value::as_str).unwrap_or("unknown").to_lowercase();
+            let status = claim
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_lowercase();
             return Ok(rejected(
                 403,
                 "generic-forbidden",
@@ -79,7 +91,11 @@ pub async fn restart(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, session_
     let claimed: Vec<Uuid> = claim
         .get("kernels")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                .collect()
+        })
         .unwrap_or_default();
     // Only kernels still RESTARTING: after a crash between steps 2 and 3, the ones that
     // came back are RUNNING again and are not restarted a second time.
@@ -97,7 +113,13 @@ pub async fn restart(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, session_
                 return (kid, Err(format!("kernel {kid} has no agent")));
             };
             let res = rpc
-                .restart_kernel(&agent, creation_id.as_deref().unwrap_or(""), session_id, kid, json!({}))
+                .restart_kernel(
+                    &agent,
+                    creation_id.as_deref().unwrap_or(""),
+                    session_id,
+                    kid,
+                    json!({}),
+                )
                 .await
                 .map_err(|e| e.to_string());
             (kid, res)
@@ -146,10 +168,18 @@ pub async fn restart(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, session_
         })
         .await
         .map_err(HandlerError::from_txn)?;
-    let errors: Vec<String> = results.iter().filter_map(|(_, r)| r.as_ref().err().cloned()).collect();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().cloned())
+        .collect();
     if !errors.is_empty() {
         tracing::warn!(%session_id, errors = ?errors, "session restart failed");
-        return Ok(rejected(500, "kernel-restart-failed", "Kernel restart has failed.", Some(errors.join("; "))));
+        return Ok(rejected(
+            500,
+            "kernel-restart-failed",
+            "Kernel restart has failed.",
+            Some(errors.join("; ")),
+        ));
     }
     Ok(CommandReply::Ok {
         result: json!({ "restarted": results.len() }),

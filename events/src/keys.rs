@@ -1,0 +1,36 @@
+//! Redis keys that one component writes and another reads, defined once so the API and
+//! the workers cannot drift apart (orchestration.md §6.3 names the original's keys).
+
+use uuid::Uuid;
+
+/// `session.{session_id}.last_access`: Unix time in integer seconds of the last user
+/// interaction with a session (execute, streaming execute, file operations), written by
+/// the API, read by the idle checker. The value `0` means "busy, never idle" (the 21.03
+/// sentinel of a running execution). A missing key means "no interaction since the
+/// session started"; the checker then counts from the session's start.
+///
+/// `bai_api::session::access::last_access_key` produces the same string (a test pins it).
+pub fn last_access_key(session_id: Uuid) -> String {
+    format!("session.{session_id}.last_access")
+}
+
+/// `bgtask.{task_id}`: the status hash of a background task (see [`crate::bgtask`]).
+pub fn bgtask_key(task_id: Uuid) -> String {
+    format!("bgtask.{task_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            super::last_access_key(id),
+            "session.00000000-0000-0000-0000-000000000000.last_access"
+        );
+        assert_eq!(
+            super::bgtask_key(id),
+            "bgtask.00000000-0000-0000-0000-000000000000"
+        );
+    }
+}
