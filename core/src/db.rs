@@ -219,11 +219,18 @@ impl Db {
         let mut attempts = 0;
         let pool = loop {
             attempts += 1;
-            match PgPoolOptions::new()
-                .max_connections(cfg.max_connections)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(opts.clone())
-                .await
+            // Probe with one plain connection first: it fails fast when the server is down,
+            // whereas the pool would wait for its whole acquire timeout.
+            let probe = async {
+                use sqlx::Connection;
+                sqlx::PgConnection::connect_with(&opts).await?.close().await?;
+                PgPoolOptions::new()
+                    .max_connections(cfg.max_connections)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts.clone())
+                    .await
+            };
+            match probe.await
             {
                 Ok(pool) => break pool,
                 Err(e) => match policy.next_backoff() {
