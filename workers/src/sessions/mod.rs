@@ -260,10 +260,10 @@ pub async fn destroy(
                 }
                 // Recompute after the status change, in the same transaction.
                 for a in &agents {
-                    recalc_agent_occupancy(&mut **txn, a).await?;
+                    recalc_agent_occupancy(txn, a).await?;
                 }
                 for k in &keys {
-                    recalc_concurrency_used(&mut **txn, k).await?;
+                    recalc_concurrency_used(txn, k).await?;
                 }
                 let statuses: Vec<String> =
                     sqlx::query_scalar("SELECT status::text FROM kernels WHERE session_id = $1")
@@ -271,7 +271,7 @@ pub async fn destroy(
                         .fetch_all(&mut **txn)
                         .await?;
                 plan.session_cancelled = statuses.iter().all(|s| s == "CANCELLED") && !plan.cancelled.is_empty();
-                plan.session_terminated = check_session_terminated(&mut **txn, session_id).await?;
+                plan.session_terminated = check_session_terminated(txn, session_id).await?;
                 Ok(Ok(plan))
             })
         })
@@ -555,10 +555,10 @@ pub async fn start(ctx: &Arc<WorkerContext>, session_id: Uuid) -> Result<Command
                 let agents: std::collections::BTreeSet<String> = rows.iter().filter_map(|r| r.0.clone()).collect();
                 let keys: std::collections::BTreeSet<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
                 for a in &agents {
-                    recalc_agent_occupancy(&mut **txn, a).await?;
+                    recalc_agent_occupancy(txn, a).await?;
                 }
                 for k in &keys {
-                    recalc_concurrency_used(&mut **txn, k).await?;
+                    recalc_concurrency_used(txn, k).await?;
                 }
                 Ok(())
             })

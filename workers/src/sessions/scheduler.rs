@@ -488,14 +488,14 @@ async fn schedule_batch(
         .execute(&mut **txn)
         .await?;
         for a in ags.iter().collect::<BTreeSet<_>>() {
-            recalc_agent_occupancy(&mut **txn, a).await?;
+            recalc_agent_occupancy(txn, a).await?;
         }
         let touched: BTreeSet<&String> = scheduled
             .iter()
             .filter_map(|(sid, _)| pending.iter().find(|p| p.session_id == *sid).map(|p| &p.access_key))
             .collect();
         for ak in touched {
-            recalc_concurrency_used(&mut **txn, ak).await?;
+            recalc_concurrency_used(txn, ak).await?;
         }
     }
     if !bookkeeping.is_empty() {
@@ -667,7 +667,7 @@ pub async fn prepare(ctx: &Arc<WorkerContext>, sg: &str) -> anyhow::Result<usize
         .transact(move |txn| {
             let sg = sg_owned.clone();
             Box::pin(async move {
-                lock_scaling_group(&mut **txn, &sg).await?;
+                lock_scaling_group(txn, &sg).await?;
                 let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
                     "WITH claimed AS ( \
                        UPDATE kernels SET status = 'PREPARING', status_changed = now(), status_info = '', status_data = '{}'::jsonb \
