@@ -59,8 +59,22 @@ fn routes() -> Router<AppState> {
         .route("/config/set", post(config::set))
         .route("/config/delete", post(config::delete))
         .route("/image/import", get(image::import).post(image::import))
+        .merge(stream_routes())
         .merge(session_routes())
         .merge(graphql::graphql_routes())
+}
+
+/// Server-sent events, usage accounting and background-task starters (issue 8).
+fn stream_routes() -> Router<AppState> {
+    use routes::{events, usage};
+    Router::new()
+        .route("/events/session", get(events::session_events))
+        .route("/events/background-task", get(events::background_task_events))
+        .route("/resource/recalculate-usage", post(usage::recalculate_usage))
+        .route("/resource/usage/month", get(usage::usage_per_month))
+        .route("/resource/usage/period", get(usage::usage_per_period))
+        .route("/resource/stats/user/month", get(usage::user_month_stats))
+        .route("/resource/stats/admin/month", get(usage::admin_month_stats))
 }
 
 /// `/session` (literal `/session/_/...` paths win over `{name}`) and `/stream/session`.
@@ -136,6 +150,8 @@ pub fn router(state: AppState) -> Router {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// Ends the endless SSE responses when shutdown begins, so draining can finish.
+    streams_stop: CancellationToken,
 }
 
 impl Application {
@@ -143,6 +159,7 @@ impl Application {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self {
             listener,
+            streams_stop: state.streams.stop_token(),
             router: router(state),
         })
     }
@@ -155,11 +172,15 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         // `X-Method-Override` must act before routing, so it wraps the router from outside.
         let app = middleware::from_fn(mw::method_override).layer(self.router);
+        let streams_stop = self.streams_stop;
         axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            streams_stop.cancel();
+        })
         .await
     }
 }

@@ -24,6 +24,8 @@ pub struct Inner {
     /// completions, logs, files). `None` until [`AppState::with_agent_rpc`] is called;
     /// those endpoints then answer 503.
     pub agent_rpc: Option<Arc<bai_agent_proto::AgentRpcClient>>,
+    /// Server-sent event streams: their shutdown signal, metadata caches and gauge.
+    pub streams: crate::routes::events::StreamHub,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
                 etcd,
                 bus,
                 agent_rpc: None,
+                streams: Default::default(),
             }),
         }
     }

@@ -3,6 +3,8 @@
 mod agents;
 mod bus;
 mod graphql;
+mod sched;
+mod sse;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Scheduling throughput: N PENDING sessions onto M agents, 1 and 2 concurrent groups.
+    Sched(sched::SchedArgs),
     /// Command bus round trips (1 and 2 workers) and trigger coalescing.
     Bus(bus::BusArgs),
     /// Signed GraphQL throughput (16 connections) and p99 at a fixed request rate.
@@ -23,6 +27,8 @@ enum Cmd {
     Agents(agents::AgentsArgs),
     /// No-op agent RPC round trips (p50/p99).
     AgentRpc(agents::RpcArgs),
+    /// 1,000 SSE subscribers: delivery latency at two event rates, API RSS, slow clients.
+    Sse(sse::SseArgs),
     /// (internal) The simulated fleet of `agents`, run as a child process.
     #[command(hide = true)]
     SimChild(agents::SimChildArgs),
@@ -31,10 +37,12 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Sched(args) => sched::run(args).await,
         Cmd::Bus(args) => bus::run(args).await,
         Cmd::Graphql(args) => graphql::run(args).await,
         Cmd::Agents(args) => agents::run_agents(args).await,
         Cmd::AgentRpc(args) => agents::run_rpc(args).await,
+        Cmd::Sse(args) => sse::run(args).await,
         Cmd::SimChild(args) => agents::run_sim_child(args).await,
     }
 }

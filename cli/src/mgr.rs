@@ -234,10 +234,23 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
         bai_workers::agents::AgentIngestOptions::from_config(&config),
     )?;
     let agents = tokio::spawn(bai_workers::agents::run(agents_rt, stop.clone()));
+    // Idle-timeout checks (once per period across the fleet) and the copy of kernels' last
+    // live statistics into `kernels.last_stat` at termination.
+    let idle = tokio::spawn(bai_workers::idle::run_idle_checker(
+        ctx.clone(),
+        bai_workers::idle::IdleOptions::new(format!("{}-{}", config.manager.id, uuid::Uuid::new_v4().simple())),
+        Arc::default(),
+        stop.clone(),
+    ));
+    let stat_sync = tokio::spawn(bai_workers::usage::run_stat_sync(
+        ctx.clone(),
+        bai_workers::usage::StatSyncOptions::default(),
+        stop.clone(),
+    ));
     tracing::info!(concurrency = opts.concurrency, "worker started");
     bai_workers::run_command_loop(ctx, opts, stop.clone()).await?;
     stop.cancel();
-    let _ = tokio::join!(tick, triggers, agents);
+    let _ = tokio::join!(tick, triggers, agents, idle, stat_sync);
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -266,7 +266,10 @@ impl Config {
             }
         }
         fig = fig.merge(
+            // Only `BAI_<SECTION>__<KEY>` variables are configuration; other `BAI_*`
+            // variables belong to the ops scripts and the agent CLI.
             Env::prefixed("BAI_")
+                .filter(|k| k.as_str().contains("__"))
                 .split("__")
                 .map(|k| k.as_str().replace('_', "-").into()),
         );

@@ -440,3 +440,18 @@ fn generated_keypairs_match_the_formats() {
         assert!(seen.insert(ak));
     }
 }
+
+#[test]
+fn environment_overrides_use_the_section_separator_only() {
+    // `BAI_DB_NAME` belongs to ops/setup.sh; it must neither fail nor change the config.
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("BAI_DB_NAME", "ignored");
+        jail.set_env("BAI_AGENT_ID", "i-x");
+        jail.set_env("BAI_DB__NAME", "from_env");
+        jail.set_env("BAI_MANAGER__SERVICE_ADDR", "127.0.0.1:9999");
+        let cfg = Config::load(Some(&bai_tests::workspace_root().join("ops/manager.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.db.name, "from_env");
+        assert_eq!(cfg.manager.service_addr, "127.0.0.1:9999");
+        Ok(())
+    });
+}

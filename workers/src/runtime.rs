@@ -196,7 +196,11 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
     };
     let span = tracing::info_span!("command", id = %env.id, kind = %env.kind, request_id = env.request_id.as_deref().unwrap_or(""));
     let _enter = span.enter();
-    let outcome = handlers::dispatch(ctx, &env).await;
+    let outcome = if env.body.is_long_running() {
+        with_progress_acks(ctx, &msg, handlers::dispatch(ctx, &env)).await
+    } else {
+        handlers::dispatch(ctx, &env).await
+    };
     match outcome {
         Ok(reply) => {
             settle(&msg, AckKind::Ack).await;
@@ -216,6 +220,33 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
             ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
             fail_event(ctx, env.id, &env.kind, &e.to_string(), deliveries).await;
             send_reply(ctx, &env, &CommandReply::Failed { error: e.to_string() }).await;
+        }
+    }
+}
+
+/// Runs a long handler (a background task) while telling JetStream every third of
+/// `ack_wait` that the command is still being worked on, so it is not redelivered to a
+/// second worker meanwhile. If this worker dies, the progress acks stop and the command is
+/// redelivered after `ack_wait`: the task runs again elsewhere instead of being lost.
+async fn with_progress_acks<F>(
+    ctx: &Arc<WorkerContext>,
+    msg: &async_nats::jetstream::Message,
+    handler: F,
+) -> Result<CommandReply, HandlerError>
+where
+    F: std::future::Future<Output = Result<CommandReply, HandlerError>>,
+{
+    let every = (ctx.bus.options().ack_wait / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(handler);
+    loop {
+        tokio::select! {
+            out = &mut handler => return out,
+            _ = tick.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "could not extend a long-running command");
+                }
+            }
         }
     }
 }

@@ -848,13 +848,14 @@ impl Mutations {
 
     // ------------------------------------------------------------------ images
 
-    /// Registry rescans need the registry crawler, which this deployment lacks.
+    /// Starts the `rescan_images` background task in the worker fleet (registries of type
+    /// `local` are read; see `bai_workers::bgtask::rescan`); progress and the outcome are on
+    /// `/events/background-task?task_id=`.
     async fn rescan_images(
         &self,
         ctx: &Context<'_>,
         registry: Option<String>,
     ) -> GqlResult<RescanImages> {
-        let _ = registry;
         let rc = rc(ctx);
         if !ADMINS.contains(&rc.role()) {
             return Ok(RescanImages {
@@ -863,10 +864,23 @@ impl Mutations {
                 task_id: None,
             });
         }
+        if let Ok(Some(s)) = rc.state.etcd.get("manager/status").await {
+            if s.trim().eq_ignore_ascii_case("frozen") {
+                return Err(gql_err(ApiError::server_frozen()));
+            }
+        }
+        let task_id = crate::routes::events::start_background_task(
+            &rc.state,
+            &crate::commands::ReqId::default(),
+            bai_events::bgtask::KIND_RESCAN_IMAGES,
+            serde_json::json!({ "registry": registry }),
+        )
+        .await
+        .map_err(gql_err)?;
         Ok(RescanImages {
-            ok: Some(false),
-            msg: Some("Not implemented.".into()),
-            task_id: None,
+            ok: Some(true),
+            msg: Some(String::new()),
+            task_id: Some(task_id),
         })
     }
 

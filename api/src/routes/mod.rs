@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod image;
 pub mod manager;
 pub mod resource;
@@ -9,3 +10,4 @@ pub mod root;
 pub mod scaling_groups;
 pub mod session;
 pub mod stream;
+pub mod usage;

@@ -276,15 +276,17 @@ pub async fn recalc_agent_occupancy(
     Ok(total)
 }
 
-/// Recomputes `keypairs.concurrency_used` = the keypair's kernels in
-/// USER_RESOURCE_OCCUPYING statuses (the original counts kernels, not sessions; this is
-/// the one place to change if the scheduler decides otherwise).
+/// Recomputes `keypairs.concurrency_used` = the keypair's *sessions* (main kernels) in
+/// USER_RESOURCE_OCCUPYING statuses. The original counted kernels here while incrementing
+/// per session; the scheduler's `max_concurrent_sessions` predicate counts sessions, and so
+/// does this, so increment, check and recalculation agree.
 pub async fn recalc_concurrency_used(
     conn: &mut PgConnection,
     access_key: &str,
 ) -> anyhow::Result<i64> {
     let n: i64 = sqlx::query_scalar(
-        "WITH c AS (SELECT count(*) AS n FROM kernels WHERE access_key = $1 AND status::text = ANY($2)) \
+        "WITH c AS (SELECT count(*) AS n FROM kernels WHERE access_key = $1 AND cluster_role = 'main' \
+         AND status::text = ANY($2)) \
          UPDATE keypairs SET concurrency_used = (SELECT n FROM c) WHERE access_key = $1 \
          RETURNING concurrency_used::bigint",
     )

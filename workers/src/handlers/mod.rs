@@ -52,6 +52,12 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
         | Command::EtcdPut { .. }
         | Command::EtcdDelete { .. } => manager::handle(ctx, env).await,
         Command::Admin(cmd) => admin::handle(ctx, env, cmd).await,
+        Command::StartBackgroundTask {
+            task_id,
+            kind,
+            params,
+        } => crate::bgtask::run(ctx, env, *task_id, kind, params).await,
+        Command::CancelBackgroundTask { task_id } => crate::bgtask::cancel(ctx, *task_id).await,
     }
 }
 
