@@ -30,7 +30,8 @@ enum Top {
     /// Agent: a process-runtime agent, or a fleet of simulated agents.
     Ag {
         #[command(subcommand)]
-        command: bai_agent::cli::AgCommand,
+        // Boxed: the agent's options are much larger than the other subcommands.
+        command: Box<bai_agent::cli::AgCommand>,
     },
     /// Development: run the whole system in the foreground.
     Dev {
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
                     amqp_url: config.rabbitmq.url.clone(),
                     prefix: config.rabbitmq.prefix.clone(),
                 };
-                bai_agent::cli::run(command, defaults, shutdown::on_signals()).await
+                bai_agent::cli::run(*command, defaults, shutdown::on_signals()).await
             }
             Top::Dev {
                 command: DevCommand::Up { workers, agents, addr },

@@ -56,7 +56,7 @@ mod tests {
             assert!(is_valid_secret_key(&sk), "{sk}");
         }
         assert!(is_valid_access_key("AKIAIOSFODNN7EXAMPLE"));
-        assert!(is_valid_secret_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY") == false);
+        assert!(!is_valid_secret_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"));
     }
 
     #[test]

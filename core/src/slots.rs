@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(parse_binary_size("512MiB").unwrap(), Decimal::from(536870912));
         assert_eq!(parse_binary_size("1024").unwrap(), Decimal::from(1024));
         let cap = ResourceSlot::from_json(&serde_json::json!({"cpu": "4", "mem": "8g"})).unwrap();
-        assert!(s.fits_in(&cap) == false, "cuda.shares missing in capacity");
+        assert!(!s.fits_in(&cap), "cuda.shares missing in capacity");
         let req = ResourceSlot::from_json(&serde_json::json!({"cpu": "2", "mem": "1g"})).unwrap();
         assert!(req.fits_in(&cap));
         assert_eq!(cap.sub(&req).get("cpu"), Decimal::from(2));

@@ -151,6 +151,9 @@ pub(crate) async fn publish(ctx: &WorkerContext, id: Uuid, ev: Event) {
     }
 }
 
+/// (kernel id, status, agent, access key, creation id) of each kernel being destroyed.
+type DestroyRow = (Uuid, String, Option<String>, Option<String>, String);
+
 #[derive(Debug, Default)]
 struct DestroyPlan {
     /// (kernel id, agent) to send destroy_kernel to, after the commit.
@@ -177,7 +180,7 @@ pub async fn destroy(
         .transact(move |txn| {
             let reason = reason.clone();
             Box::pin(async move {
-                let rows: Vec<(Uuid, String, Option<String>, Option<String>, String)> = sqlx::query_as(
+                let rows: Vec<DestroyRow> = sqlx::query_as(
                     "SELECT id, status::text, agent, access_key, COALESCE(session_creation_id, '') \
                      FROM kernels WHERE session_id = $1 ORDER BY cluster_idx FOR UPDATE",
                 )

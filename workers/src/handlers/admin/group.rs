@@ -37,7 +37,7 @@ pub async fn create(
     p: &GroupProps,
 ) -> anyhow::Result<Value> {
     let domain = p.domain_name.clone().unwrap_or_default();
-    if !caller.is_superadmin() && !(caller.role == "admin" && caller.domain_name == domain) {
+    if !(caller.is_superadmin() || caller.role == "admin" && caller.domain_name == domain) {
         return Ok(no_permission("create_group"));
     }
     let id: Uuid = sqlx::query_scalar(

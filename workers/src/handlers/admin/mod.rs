@@ -43,7 +43,7 @@ pub async fn handle(
         let cmd = Arc::new(cmd.clone());
         run_once(&ctx.db, env.id, "admin", move |txn| {
             let cmd = cmd.clone();
-            Box::pin(async move { guarded(&mut **txn, &cmd).await })
+            Box::pin(async move { guarded(txn, &cmd).await })
         })
         .await
         .map_err(HandlerError::from_txn)?
