@@ -248,9 +248,14 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
         stop.clone(),
     ));
     tracing::info!(concurrency = opts.concurrency, "worker started");
+    let rpc = ctx.agent_rpc.clone();
     bai_workers::run_command_loop(ctx, opts, stop.clone()).await?;
     stop.cancel();
     let _ = tokio::join!(tick, triggers, agents, idle, stat_sync);
+    // Close RabbitMQ while the runtime is still alive (otherwise lapin logs errors at exit).
+    if let Some(rpc) = rpc {
+        rpc.close().await;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
