@@ -24,13 +24,13 @@ use bai_core::slots::ResourceSlot;
 use bai_events::{Command, Envelope, Event};
 
 use crate::agents::derived_id;
-use crate::agents::kernels::{recalc_agent_occupancy, recalc_concurrency_used, USER_RESOURCE_OCCUPYING};
+use crate::agents::kernels::{recalc_concurrency_used, USER_RESOURCE_OCCUPYING};
 use crate::runtime::WorkerContext;
 use crate::scheduling::PassRunner;
 
 /// Sessions considered per transaction: large enough to amortise the aggregate reads,
 /// small enough to keep the transaction (and its conflict window) short.
-const BATCH: i64 = 500;
+const BATCH: i64 = 1000;
 
 pub struct SessionScheduler {
     ctx: Arc<WorkerContext>,
@@ -77,12 +77,14 @@ struct AgentCap {
     id: String,
     addr: String,
     available: ResourceSlot,
-    occupied: ResourceSlot,
+    /// available − occupied, kept up to date as kernels are placed (placement compares
+    /// thousands of agents per session, so it must not allocate per comparison).
+    free: ResourceSlot,
 }
 
 impl AgentCap {
-    fn free(&self) -> ResourceSlot {
-        self.available.sub(&self.occupied)
+    fn take(&mut self, req: &ResourceSlot) {
+        self.free = self.free.sub(req);
     }
 }
 
@@ -337,11 +339,15 @@ async fn schedule_batch(
     .fetch_all(&mut **txn)
     .await?
     .into_iter()
-    .map(|(id, addr, a, o)| AgentCap {
-        id,
-        addr,
-        available: ResourceSlot::from_json(&a).unwrap_or_default(),
-        occupied: ResourceSlot::from_json(&o).unwrap_or_default(),
+    .map(|(id, addr, a, o)| {
+        let available = ResourceSlot::from_json(&a).unwrap_or_default();
+        let free = available.sub(&ResourceSlot::from_json(&o).unwrap_or_default());
+        AgentCap {
+            id,
+            addr,
+            available,
+            free,
+        }
     })
     .collect();
 
@@ -457,7 +463,7 @@ async fn schedule_batch(
         };
         for ((kid, slots), ai) in p.kernels.iter().zip(chosen) {
             let a = &mut agents[ai];
-            a.occupied = a.occupied.add(slots);
+            a.take(slots);
             placements.push((*kid, a.id.clone(), a.addr.clone()));
         }
         *sessions_used.entry(p.access_key.clone()).or_default() += 1;
@@ -487,9 +493,8 @@ async fn schedule_batch(
         .bind(&addrs)
         .execute(&mut **txn)
         .await?;
-        for a in ags.iter().collect::<BTreeSet<_>>() {
-            recalc_agent_occupancy(txn, a).await?;
-        }
+        let used: Vec<String> = ags.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        recalc_agents_occupancy(txn, &used).await?;
         let touched: BTreeSet<&String> = scheduled
             .iter()
             .filter_map(|(sid, _)| pending.iter().find(|p| p.session_id == *sid).map(|p| &p.access_key))
@@ -525,7 +530,40 @@ async fn schedule_batch(
     })
 }
 
-/// Σ occupied_slots of live kernels, grouped by `key_expr`.
+/// Recomputes `occupied_slots` of many agents with one read and one bulk write (the
+/// per-agent helper costs two round trips per agent).
+async fn recalc_agents_occupancy(txn: &mut bai_core::Txn, agents: &[String]) -> anyhow::Result<()> {
+    let occupying: Vec<String> = crate::agents::kernels::AGENT_RESOURCE_OCCUPYING
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT agent, occupied_slots FROM kernels WHERE agent = ANY($1) AND status::text = ANY($2)",
+    )
+    .bind(agents)
+    .bind(&occupying)
+    .fetch_all(&mut **txn)
+    .await?;
+    let mut sums: HashMap<&str, ResourceSlot> = agents.iter().map(|a| (a.as_str(), ResourceSlot::new())).collect();
+    for (agent, slots) in &rows {
+        if let Some(e) = sums.get_mut(agent.as_str()) {
+            *e = e.add(&ResourceSlot::from_json(slots).unwrap_or_default());
+        }
+    }
+    let ids: Vec<String> = sums.keys().map(|s| s.to_string()).collect();
+    let vals: Vec<Value> = ids.iter().map(|id| sums[id.as_str()].to_json()).collect();
+    sqlx::query(
+        "UPDATE agents a SET occupied_slots = u.slots FROM unnest($1::text[], $2::jsonb[]) AS u(id, slots) WHERE a.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&vals)
+    .execute(&mut **txn)
+    .await?;
+    Ok(())
+}
+
+/// Σ occupied_slots of live kernels, grouped by `key_expr`, summed by PostgreSQL so a
+/// busy keypair's thousands of kernels cost a handful of result rows.
 async fn occupancy_by(
     txn: &mut bai_core::Txn,
     key_expr: &str,
@@ -534,13 +572,15 @@ async fn occupancy_by(
     occupying: &[String],
 ) -> anyhow::Result<HashMap<String, ResourceSlot>> {
     let sql = format!(
-        "SELECT {key_expr}, occupied_slots FROM kernels WHERE {filter} AND status::text = ANY($2)"
+        "SELECT {key_expr}, e.key, sum(e.value::numeric)::text FROM kernels, jsonb_each_text(occupied_slots) e \
+         WHERE {filter} AND status::text = ANY($2) GROUP BY 1, 2"
     );
-    let rows: Vec<(String, Value)> = sqlx::query_as(&sql).bind(keys).bind(occupying).fetch_all(&mut **txn).await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(&sql).bind(keys).bind(occupying).fetch_all(&mut **txn).await?;
     let mut out: HashMap<String, ResourceSlot> = HashMap::new();
-    for (k, v) in rows {
-        let e = out.entry(k).or_default();
-        *e = e.add(&ResourceSlot::from_json(&v).unwrap_or_default());
+    for (k, slot, total) in rows {
+        if let Ok(d) = total.parse::<Decimal>() {
+            out.entry(k).or_default().0.insert(slot, d);
+        }
     }
     Ok(out)
 }
@@ -603,7 +643,7 @@ fn better(a: &AgentCap, b: &AgentCap, req: &ResourceSlot, selection: &str) -> bo
                 if cap.is_zero() {
                     Decimal::ZERO
                 } else {
-                    (x.free().get(k) - req.get(k)) / cap
+                    (x.free.get(k) - req.get(k)) / cap
                 }
             })
             .sum()
@@ -619,7 +659,7 @@ fn better(a: &AgentCap, b: &AgentCap, req: &ResourceSlot, selection: &str) -> bo
 fn place_single(agents: &[AgentCap], req: &ResourceSlot, selection: &str) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, a) in agents.iter().enumerate() {
-        if !req.fits_in(&a.free()) {
+        if !req.fits_in(&a.free) {
             continue;
         }
         best = match best {
@@ -644,13 +684,13 @@ fn place_multi(agents: &[AgentCap], kernels: &[(Uuid, ResourceSlot)], selection:
                 let mut a = a.clone();
                 if used.contains(&i) {
                     // Already hosts a kernel of this session: only as a last resort.
-                    a.available = ResourceSlot::new();
+                    a.free = ResourceSlot::new();
                 }
                 a
             })
             .collect();
         let pick = place_single(&fresh, req, selection).or_else(|| place_single(&trial, req, selection))?;
-        trial[pick].occupied = trial[pick].occupied.add(req);
+        trial[pick].take(req);
         used.insert(pick);
         out.push(pick);
     }
