@@ -66,7 +66,10 @@ const KNOWN_ERRORS: &[(&str, &str)] = &[
     ("image-not-found", "No such environment image."),
     ("vfolder-not-found", "No such virtual folder."),
     ("kernel-creation-failed", "Kernel creation has failed."),
-    ("kernel-destruction-failed", "Kernel destruction has failed."),
+    (
+        "kernel-destruction-failed",
+        "Kernel destruction has failed.",
+    ),
     ("kernel-restart-failed", "Kernel restart has failed."),
     ("kernel-execution-failed", "Kernel execution has failed."),
 ];

@@ -37,19 +37,39 @@ impl ApiError {
     }
 
     pub fn bad_request() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "generic-bad-request", "Bad request.")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "generic-bad-request",
+            "Bad request.",
+        )
     }
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "generic-not-found", "Unknown URL path.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "generic-not-found",
+            "Unknown URL path.",
+        )
     }
     pub fn forbidden() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "generic-forbidden", "Forbidden operation.")
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "generic-forbidden",
+            "Forbidden operation.",
+        )
     }
     pub fn insufficient_privilege() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "insufficient-privilege", "Insufficient privilege.")
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient-privilege",
+            "Insufficient privilege.",
+        )
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "HTTP Method Not Allowed.")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "HTTP Method Not Allowed.",
+        )
     }
     pub fn invalid_auth_params() -> Self {
         Self::new(
@@ -59,7 +79,11 @@ impl ApiError {
         )
     }
     pub fn auth_failed() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "auth-failed", "Credential/signature mismatch.")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "auth-failed",
+            "Credential/signature mismatch.",
+        )
     }
     pub fn invalid_api_params() -> Self {
         Self::new(
@@ -69,10 +93,18 @@ impl ApiError {
         )
     }
     pub fn rejected_by_hook() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "rejected-by-hook", "Operation rejected by a hook plugin.")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "rejected-by-hook",
+            "Operation rejected by a hook plugin.",
+        )
     }
     pub fn graphql_error() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "graphql-error", "GraphQL-generated error.")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "graphql-error",
+            "GraphQL-generated error.",
+        )
     }
     pub fn internal() -> Self {
         Self::new(
@@ -83,7 +115,11 @@ impl ApiError {
     }
     pub fn service_unavailable() -> Self {
         // The original's title has this typo; clients match on `type`, but keep it exact.
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Serivce unavailable.")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service-unavailable",
+            "Serivce unavailable.",
+        )
     }
     pub fn not_implemented() -> Self {
         Self::new(
@@ -107,8 +143,12 @@ impl ApiError {
         )
     }
     pub fn payload_too_large() -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "generic-bad-request", "Bad request.")
-            .with_msg("Request body too large.")
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "generic-bad-request",
+            "Bad request.",
+        )
+        .with_msg("Request body too large.")
     }
 
     /// Logs the cause and answers 500 without leaking internals.

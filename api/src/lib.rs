@@ -38,7 +38,10 @@ fn routes() -> Router<AppState> {
     use routes::{auth as auth_routes, config, image, manager, resource, scaling_groups};
     Router::new()
         .route("/", get(routes::root::hello))
-        .route("/manager/status", get(manager::get_status).put(manager::put_status))
+        .route(
+            "/manager/status",
+            get(manager::get_status).put(manager::put_status),
+        )
         .route(
             "/manager/announcement",
             get(manager::get_announcement).post(manager::post_announcement),
@@ -69,8 +72,14 @@ fn stream_routes() -> Router<AppState> {
     use routes::{events, usage};
     Router::new()
         .route("/events/session", get(events::session_events))
-        .route("/events/background-task", get(events::background_task_events))
-        .route("/resource/recalculate-usage", post(usage::recalculate_usage))
+        .route(
+            "/events/background-task",
+            get(events::background_task_events),
+        )
+        .route(
+            "/resource/recalculate-usage",
+            post(usage::recalculate_usage),
+        )
         .route("/resource/usage/month", get(usage::usage_per_month))
         .route("/resource/usage/period", get(usage::usage_per_period))
         .route("/resource/stats/user/month", get(usage::user_month_stats))
@@ -113,7 +122,10 @@ async fn unknown_path(uri: Uri) -> ApiError {
 /// tracing and the `Server` header.
 pub fn router(state: AppState) -> Router {
     routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), mw::authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            mw::authenticate,
+        ))
         .fallback(unknown_path)
         .layer(middleware::from_fn(mw::api_version))
         .layer(middleware::from_fn(mw::default_rate_limit_headers))

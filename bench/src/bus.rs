@@ -46,7 +46,11 @@ struct Stats {
 
 fn percentiles(mut v: Vec<f64>, n: usize, secs: f64) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Stats {
         n,
         secs,
@@ -60,22 +64,31 @@ async fn bench_db(cfg: &Config) -> anyhow::Result<Db> {
     let mut admin_cfg = cfg.db.clone();
     admin_cfg.name = "postgres".into();
     let admin = sqlx::PgPool::connect(&admin_cfg.url()).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bai_bench')")
-        .fetch_one(&admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bai_bench')")
+            .fetch_one(&admin)
+            .await?;
     if !exists {
-        sqlx::query("CREATE DATABASE bai_bench").execute(&admin).await?;
+        sqlx::query("CREATE DATABASE bai_bench")
+            .execute(&admin)
+            .await?;
     }
     admin.close().await;
     let mut c = cfg.db.clone();
     c.name = "bai_bench".into();
     let db = Db::connect(&c, Duration::from_secs(10)).await?;
     db.migrate().await?;
-    sqlx::query("TRUNCATE processed_commands, bus_echo_effects").execute(db.pool()).await?;
+    sqlx::query("TRUNCATE processed_commands, bus_echo_effects")
+        .execute(db.pool())
+        .await?;
     Ok(db)
 }
 
-fn start_workers(db: &Db, buses: Vec<Bus>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+fn start_workers(
+    db: &Db,
+    buses: Vec<Bus>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
     buses
         .into_iter()
         .map(|bus| {
@@ -119,7 +132,10 @@ async fn saturate(bus: &Bus, kind: &str, count: usize, in_flight: usize) -> Stat
             async move {
                 let t = Instant::now();
                 let out = bus.publish_command(cmd, Duration::from_secs(30)).await;
-                assert!(matches!(out, Ok(CommandOutcome::Completed(CommandReply::Ok { .. }))), "{out:?}");
+                assert!(
+                    matches!(out, Ok(CommandOutcome::Completed(CommandReply::Ok { .. }))),
+                    "{out:?}"
+                );
                 t.elapsed().as_secs_f64() * 1000.0
             }
         })
@@ -186,7 +202,15 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let mut buses = Vec::new();
         for w in 0..workers {
-            buses.push(Bus::connect(&cfg.nats, &format!("worker{w}"), opts.clone(), Duration::from_secs(10)).await?);
+            buses.push(
+                Bus::connect(
+                    &cfg.nats,
+                    &format!("worker{w}"),
+                    opts.clone(),
+                    Duration::from_secs(10),
+                )
+                .await?,
+            );
         }
         let handles = start_workers(&db, buses, &stop);
         // Warm-up: connections, consumer, prepared statements.
@@ -200,7 +224,12 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
             let f = fixed_rate(&bus, kind, args.rate, args.seconds).await;
             println!(
                 "| {workers} | {kind} | fixed {} /s | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
-                args.rate, f.n, f.secs, f.n as f64 / f.secs, f.p50, f.p99
+                args.rate,
+                f.n,
+                f.secs,
+                f.n as f64 / f.secs,
+                f.p50,
+                f.p99
             );
         }
         stop.cancel();
@@ -214,7 +243,13 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut loops = Vec::new();
     for w in 0..2 {
-        let b = Bus::connect(&cfg.nats, &format!("sched{w}"), opts.clone(), Duration::from_secs(10)).await?;
+        let b = Bus::connect(
+            &cfg.nats,
+            &format!("sched{w}"),
+            opts.clone(),
+            Duration::from_secs(10),
+        )
+        .await?;
         loops.push(tokio::spawn(bai_workers::run_trigger_loop(
             b,
             runner.clone(),
@@ -246,7 +281,11 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
         let _ = l.await;
     }
     let passes = runner.total.load(Ordering::Relaxed);
-    let max_per_group = runner.passes.lock().map(|p| p.values().copied().max().unwrap_or(0)).unwrap_or(0);
+    let max_per_group = runner
+        .passes
+        .lock()
+        .map(|p| p.values().copied().max().unwrap_or(0))
+        .unwrap_or(0);
     println!();
     println!("| triggers issued | groups | burst seconds | triggers queued | passes run | max passes per group |");
     println!("|---|---|---|---|---|---|");

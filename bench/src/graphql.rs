@@ -90,7 +90,13 @@ impl Signer {
             version: "v6.20210815",
         };
         let sts = hmac::string_to_sign(&input, HashType::Sha256);
-        let sig = hmac::sign(HashType::Sha256, &self.secret_key, now.date_naive(), &self.host, &sts);
+        let sig = hmac::sign(
+            HashType::Sha256,
+            &self.secret_key,
+            now.date_naive(),
+            &self.host,
+            &sts,
+        );
         client
             .post(format!("{}/admin/gql", self.endpoint))
             .header("Date", date)
@@ -98,7 +104,10 @@ impl Signer {
             .header("X-BackendAI-Version", "v6.20210815")
             .header(
                 "Authorization",
-                format!("BackendAI signMethod=HMAC-SHA256, credential={}:{sig}", self.access_key),
+                format!(
+                    "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
+                    self.access_key
+                ),
             )
             .body(body.clone())
     }
@@ -149,7 +158,11 @@ impl Summary {
     }
 }
 
-async fn throughput(args: &GraphqlArgs, signer: Arc<Signer>, body: bytes::Bytes) -> anyhow::Result<Summary> {
+async fn throughput(
+    args: &GraphqlArgs,
+    signer: Arc<Signer>,
+    body: bytes::Bytes,
+) -> anyhow::Result<Summary> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .build()?;
@@ -194,8 +207,14 @@ async fn throughput(args: &GraphqlArgs, signer: Arc<Signer>, body: bytes::Bytes)
     })
 }
 
-async fn fixed_rate(args: &GraphqlArgs, signer: Arc<Signer>, body: bytes::Bytes) -> anyhow::Result<Summary> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+async fn fixed_rate(
+    args: &GraphqlArgs,
+    signer: Arc<Signer>,
+    body: bytes::Bytes,
+) -> anyhow::Result<Summary> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     for _ in 0..32 {
         one(&client, &signer, &body).await?;
     }
@@ -212,7 +231,8 @@ async fn fixed_rate(args: &GraphqlArgs, signer: Arc<Signer>, body: bytes::Bytes)
         let body = body.clone();
         let errors = errors.clone();
         tasks.spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(10), one(&client, &signer, &body)).await;
+            let r =
+                tokio::time::timeout(Duration::from_secs(10), one(&client, &signer, &body)).await;
             match r {
                 Ok(Ok(())) => Some(scheduled.elapsed().as_micros() as u64),
                 _ => {

@@ -24,8 +24,12 @@ async fn fresh_db(cfg: &Config) -> anyhow::Result<Db> {
     let mut admin_cfg = cfg.db.clone();
     admin_cfg.name = "postgres".into();
     let admin = sqlx::PgPool::connect(&admin_cfg.url()).await?;
-    sqlx::query("DROP DATABASE IF EXISTS bai_bench_sched WITH (FORCE)").execute(&admin).await?;
-    sqlx::query("CREATE DATABASE bai_bench_sched").execute(&admin).await?;
+    sqlx::query("DROP DATABASE IF EXISTS bai_bench_sched WITH (FORCE)")
+        .execute(&admin)
+        .await?;
+    sqlx::query("CREATE DATABASE bai_bench_sched")
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let mut c = cfg.db.clone();
     c.name = "bai_bench_sched".into();
@@ -88,16 +92,24 @@ async fn seed(db: &Db, groups: &[String], sessions: usize, agents: usize) -> any
 }
 
 async fn count(db: &Db, status: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM kernels WHERE status::text = $1")
-        .bind(status)
-        .fetch_one(db.pool())
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM kernels WHERE status::text = $1")
+            .bind(status)
+            .fetch_one(db.pool())
+            .await?,
+    )
 }
 
 pub async fn run(args: SchedArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(Some(&args.config))?;
     cfg.nats.prefix = format!("bsched{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let bus = Bus::connect(&cfg.nats, "bench-sched", BusOptions::default(), Duration::from_secs(10)).await?;
+    let bus = Bus::connect(
+        &cfg.nats,
+        "bench-sched",
+        BusOptions::default(),
+        Duration::from_secs(10),
+    )
+    .await?;
     println!("| workers (scaling groups) | sessions | agents | schedule s | placed/s | prepare s | claimed/s | occupancy check |");
     println!("|---|---|---|---|---|---|---|---|");
     for n_groups in [1usize, 2] {
@@ -146,7 +158,11 @@ pub async fn run(args: SchedArgs) -> anyhow::Result<()> {
             args.agents,
             placed as f64 / sched_s,
             claimed as f64 / prep_s,
-            if drift == 0 && pending == 0 { "ok".to_string() } else { format!("drift {drift}, pending {pending}") }
+            if drift == 0 && pending == 0 {
+                "ok".to_string()
+            } else {
+                format!("drift {drift}, pending {pending}")
+            }
         );
     }
     bus.delete_streams().await?;

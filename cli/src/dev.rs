@@ -18,7 +18,11 @@ pub struct DevOptions {
     pub addr: String,
 }
 
-fn spawn(name: String, config: &Option<std::path::PathBuf>, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(
+    name: String,
+    config: &Option<std::path::PathBuf>,
+    args: &[String],
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     if let Some(c) = config {
@@ -31,8 +35,14 @@ fn spawn(name: String, config: &Option<std::path::PathBuf>, args: &[String]) -> 
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
     ]
     .into_iter()
     .flatten()
@@ -54,11 +64,18 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     children.push((
         "api".into(),
-        spawn("api".into(), &opts.config, &s(&["mgr", "start-server", "--addr", &opts.addr]))?,
+        spawn(
+            "api".into(),
+            &opts.config,
+            &s(&["mgr", "start-server", "--addr", &opts.addr]),
+        )?,
     ));
     for i in 0..opts.workers {
         let name = format!("worker-{}", i + 1);
-        children.push((name.clone(), spawn(name, &opts.config, &s(&["mgr", "worker"]))?));
+        children.push((
+            name.clone(),
+            spawn(name, &opts.config, &s(&["mgr", "worker"]))?,
+        ));
     }
     for i in 0..opts.agents {
         let name = format!("agent-{}", i + 1);
@@ -68,7 +85,14 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
             spawn(
                 name,
                 &opts.config,
-                &s(&["ag", "start-server", "--id", &id, "--work-root", &format!("/tmp/backend-ai-agent/{id}")]),
+                &s(&[
+                    "ag",
+                    "start-server",
+                    "--id",
+                    &id,
+                    "--work-root",
+                    &format!("/tmp/backend-ai-agent/{id}"),
+                ]),
             )?,
         ));
     }
@@ -103,7 +127,10 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
     for (_, child) in children.iter_mut() {
         if let Some(pid) = child.id() {
             // SIGTERM lets each process drain (workers finish in-flight commands).
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
     }
     for (name, child) in children.iter_mut() {

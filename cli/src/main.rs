@@ -56,7 +56,10 @@ enum DevCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -77,7 +80,12 @@ fn main() -> ExitCode {
                 bai_agent::cli::run(*command, defaults, shutdown::on_signals()).await
             }
             Top::Dev {
-                command: DevCommand::Up { workers, agents, addr },
+                command:
+                    DevCommand::Up {
+                        workers,
+                        agents,
+                        addr,
+                    },
             } => {
                 dev::up(dev::DevOptions {
                     config: config_path,

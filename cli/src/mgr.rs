@@ -86,11 +86,21 @@ pub enum FixtureCommand {
 
 #[derive(Subcommand)]
 pub enum EtcdCommand {
-    Get { key: String },
-    GetPrefix { prefix: String },
-    Put { key: String, value: String },
+    Get {
+        key: String,
+    },
+    GetPrefix {
+        prefix: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
     /// Put a JSON document (from a file, or `-` for stdin) as a key tree.
-    PutJson { key: String, file: PathBuf },
+    PutJson {
+        key: String,
+        file: PathBuf,
+    },
     Delete {
         key: String,
         #[arg(long)]
@@ -146,7 +156,13 @@ async fn connect_db(config: &Config) -> anyhow::Result<Db> {
 }
 
 async fn connect_bus(config: &Config, originator: &str) -> anyhow::Result<Bus> {
-    Ok(Bus::connect(&config.nats, originator, BusOptions::default(), CONNECT_TIMEOUT).await?)
+    Ok(Bus::connect(
+        &config.nats,
+        originator,
+        BusOptions::default(),
+        CONNECT_TIMEOUT,
+    )
+    .await?)
 }
 
 async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -166,7 +182,8 @@ async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Resul
         bai_agent_proto::RpcClientOptions::default(),
     )
     .await?;
-    let state = bai_api::AppState::new(config, db, redis, etcd, bus).with_agent_rpc(Arc::new(agent_rpc));
+    let state =
+        bai_api::AppState::new(config, db, redis, etcd, bus).with_agent_rpc(Arc::new(agent_rpc));
     let app = bai_api::Application::build(state, addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -176,7 +193,11 @@ async fn start_server(config: Config, addr: Option<SocketAddr>) -> anyhow::Resul
     Ok(())
 }
 
-async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -> anyhow::Result<()> {
+async fn worker(
+    config: Config,
+    concurrency: Option<usize>,
+    tick_seconds: u64,
+) -> anyhow::Result<()> {
     let db = connect_db(&config).await?;
     let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
     let metrics = Arc::new(WorkerMetrics::default());
@@ -238,7 +259,11 @@ async fn worker(config: Config, concurrency: Option<usize>, tick_seconds: u64) -
     // live statistics into `kernels.last_stat` at termination.
     let idle = tokio::spawn(bai_workers::idle::run_idle_checker(
         ctx.clone(),
-        bai_workers::idle::IdleOptions::new(format!("{}-{}", config.manager.id, uuid::Uuid::new_v4().simple())),
+        bai_workers::idle::IdleOptions::new(format!(
+            "{}-{}",
+            config.manager.id,
+            uuid::Uuid::new_v4().simple()
+        )),
         Arc::default(),
         stop.clone(),
     ));
@@ -296,9 +321,15 @@ async fn generate_keypair(
     let (ak, sk) = bai_core::keypair::generate_keypair();
     if let Some(email) = user {
         let db = connect_db(&config).await?;
-        let (ak2, sk2, email2, policy) = (ak.clone(), sk.clone(), email.clone(), resource_policy.clone());
+        let (ak2, sk2, email2, policy) = (
+            ak.clone(),
+            sk.clone(),
+            email.clone(),
+            resource_policy.clone(),
+        );
         db.transact(move |txn| {
-            let (ak, sk, email, policy) = (ak2.clone(), sk2.clone(), email2.clone(), policy.clone());
+            let (ak, sk, email, policy) =
+                (ak2.clone(), sk2.clone(), email2.clone(), policy.clone());
             Box::pin(async move {
                 let uuid: Option<uuid::Uuid> =
                     sqlx::query_scalar("SELECT uuid FROM users WHERE email = $1")
@@ -347,10 +378,11 @@ async fn etcd(config: Config, cmd: EtcdCommand) -> anyhow::Result<()> {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
             };
-            let doc: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", file.display()))?;
             etcd.put_json(&key, &doc).await?;
         }
         EtcdCommand::Delete { key, prefix } => {
@@ -366,23 +398,40 @@ async fn bus(config: Config, cmd: BusCommand) -> anyhow::Result<()> {
     match cmd {
         BusCommand::Stats => {
             let stats = bai_events::stats::bus_stats(&bus).await?;
-            println!("{:<20} {:>10} {:>12}   consumers (pending / in flight / redelivered)", "stream", "messages", "bytes");
+            println!(
+                "{:<20} {:>10} {:>12}   consumers (pending / in flight / redelivered)",
+                "stream", "messages", "bytes"
+            );
             for s in stats {
                 let consumers: Vec<String> = s
                     .consumers
                     .iter()
-                    .map(|c| format!("{}: {} / {} / {}", c.name, c.pending, c.ack_pending, c.redelivered))
+                    .map(|c| {
+                        format!(
+                            "{}: {} / {} / {}",
+                            c.name, c.pending, c.ack_pending, c.redelivered
+                        )
+                    })
                     .collect();
-                println!("{:<20} {:>10} {:>12}   {}", s.stream, s.messages, s.bytes, consumers.join(", "));
+                println!(
+                    "{:<20} {:>10} {:>12}   {}",
+                    s.stream,
+                    s.messages,
+                    s.bytes,
+                    consumers.join(", ")
+                );
             }
         }
         BusCommand::Echo { payload } => {
             let outcome = bus
-                .publish_command(Command::Echo {
-                    payload,
-                    fail: false,
-                    delay_ms: 0,
-                }, Duration::from_secs(10))
+                .publish_command(
+                    Command::Echo {
+                        payload,
+                        fail: false,
+                        delay_ms: 0,
+                    },
+                    Duration::from_secs(10),
+                )
                 .await?;
             match outcome {
                 CommandOutcome::Completed(reply) => println!("{}", serde_json::to_string(&reply)?),

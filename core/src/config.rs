@@ -273,15 +273,13 @@ impl Config {
                 .split("__")
                 .map(|k| k.as_str().replace('_', "-").into()),
         );
-        let cfg: Config = fig
-            .extract()
-            .map_err(|e| ConfigError::Invalid {
-                source_name: file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "defaults/environment".into()),
-                message: e.to_string(),
-            })?;
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid {
+            source_name: file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "defaults/environment".into()),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -107,7 +107,9 @@ struct TxnGuard {
 
 impl Drop for TxnGuard {
     fn drop(&mut self) {
-        self.watcher.counter(self.kind).fetch_sub(1, Ordering::AcqRel);
+        self.watcher
+            .counter(self.kind)
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -209,7 +211,10 @@ impl Db {
             .map_err(|e| unreachable(0, e.to_string()))?
             // Every transaction on these connections is SERIALIZABLE unless it says otherwise;
             // JIT only slows down the short OLTP queries we run (the original disables it too).
-            .options([("default_transaction_isolation", "serializable"), ("jit", "off")])
+            .options([
+                ("default_transaction_isolation", "serializable"),
+                ("jit", "off"),
+            ])
             .application_name("backend.ai-manager");
         let mut policy = ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(200))
@@ -223,15 +228,17 @@ impl Db {
             // whereas the pool would wait for its whole acquire timeout.
             let probe = async {
                 use sqlx::Connection;
-                sqlx::PgConnection::connect_with(&opts).await?.close().await?;
+                sqlx::PgConnection::connect_with(&opts)
+                    .await?
+                    .close()
+                    .await?;
                 PgPoolOptions::new()
                     .max_connections(cfg.max_connections)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(opts.clone())
                     .await
             };
-            match probe.await
-            {
+            match probe.await {
                 Ok(pool) => break pool,
                 Err(e) => match policy.next_backoff() {
                     Some(wait) => {
@@ -301,7 +308,10 @@ impl Db {
 
     /// Opens a SERIALIZABLE read-write transaction. Prefer [`Db::transact`], which retries.
     pub async fn begin(&self) -> Result<Txn, sqlx::Error> {
-        let inner = self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
+        let inner = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .await?;
         Ok(Txn {
             inner,
             _guard: self.watcher.enter(TxnKind::Generic),
@@ -311,7 +321,10 @@ impl Db {
     /// Opens a `READ ONLY` SERIALIZABLE transaction: any write inside it fails (25006).
     pub async fn begin_readonly(&self) -> Result<Txn, sqlx::Error> {
         // One round trip: the access mode is part of BEGIN.
-        let inner = self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").await?;
+        let inner = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY")
+            .await?;
         Ok(Txn {
             inner,
             _guard: self.watcher.enter(TxnKind::ReadOnly),
@@ -378,16 +391,17 @@ impl Db {
 
     /// The applied migration versions with their descriptions, oldest first.
     pub async fn schema_versions(&self) -> Result<Vec<(i64, String, bool)>, sqlx::Error> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
         if !exists {
             return Ok(Vec::new());
         }
-        sqlx::query_as("SELECT version, description, success FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as(
+            "SELECT version, description, success FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 }
 
@@ -408,7 +422,10 @@ pub fn check_pg_version(version_num: &str, version_text: &str) -> Result<(), Ser
 /// Keyed by `(namespace, hashtext(name))`, so different groups never block each other
 /// (barring a hash collision, which only costs parallelism) while two passes over the same
 /// group serialise. Released automatically at commit or rollback.
-pub async fn lock_scaling_group(conn: &mut PgConnection, scaling_group: &str) -> Result<(), sqlx::Error> {
+pub async fn lock_scaling_group(
+    conn: &mut PgConnection,
+    scaling_group: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .bind(SCALING_GROUP_LOCK_NS)
         .bind(scaling_group)
@@ -418,7 +435,10 @@ pub async fn lock_scaling_group(conn: &mut PgConnection, scaling_group: &str) ->
 }
 
 /// Non-blocking variant: `false` when another transaction holds the group's lock.
-pub async fn try_lock_scaling_group(conn: &mut PgConnection, scaling_group: &str) -> Result<bool, sqlx::Error> {
+pub async fn try_lock_scaling_group(
+    conn: &mut PgConnection,
+    scaling_group: &str,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
         .bind(SCALING_GROUP_LOCK_NS)
         .bind(scaling_group)

@@ -21,7 +21,10 @@ pub enum ConfigError {
     #[error("config file {0} does not exist")]
     NotFound(PathBuf),
     #[error("invalid configuration in {source_name}: {message}")]
-    Invalid { source_name: String, message: String },
+    Invalid {
+        source_name: String,
+        message: String,
+    },
     #[error("invalid configuration value for `{field}`: {message}")]
     BadValue { field: String, message: String },
 }
@@ -79,9 +82,7 @@ pub enum ServiceError {
         attempts: u32,
         message: String,
     },
-    #[error(
-        "PostgreSQL {found} is not supported: Backend.AI needs PostgreSQL {minimum} or newer"
-    )]
+    #[error("PostgreSQL {found} is not supported: Backend.AI needs PostgreSQL {minimum} or newer")]
     UnsupportedPostgres { found: String, minimum: String },
 }
 

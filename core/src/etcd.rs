@@ -91,7 +91,10 @@ impl Etcd {
             .map(|kv| {
                 let k = String::from_utf8_lossy(kv.key());
                 let rel = k.strip_prefix(&full).unwrap_or(&k).trim_start_matches('/');
-                (rel.to_string(), String::from_utf8_lossy(kv.value()).into_owned())
+                (
+                    rel.to_string(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
             })
             .collect())
     }

@@ -69,7 +69,9 @@ impl Fixture {
         };
         let doc: Value = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
         let Value::Object(mut top) = doc else {
-            return Err(malformed("the top level must be a JSON object of tables".into()));
+            return Err(malformed(
+                "the top level must be a JSON object of tables".into(),
+            ));
         };
         let etcd = top.remove("etcd");
         if let Some(e) = &etcd {
@@ -92,7 +94,9 @@ impl Fixture {
         }
         let mut tables = Vec::new();
         for &name in TABLE_ORDER {
-            let Some(rows) = top.remove(name) else { continue };
+            let Some(rows) = top.remove(name) else {
+                continue;
+            };
             let Value::Array(rows) = rows else {
                 return Err(FixtureError::BadField {
                     file: file.into(),
@@ -124,7 +128,11 @@ impl Fixture {
 
     /// Validates every column against the live schema, hashes passwords, then inserts all
     /// rows in one SERIALIZABLE transaction. etcd keys are written only after the commit.
-    pub async fn populate(&self, db: &Db, etcd: Option<&Etcd>) -> Result<FixtureReport, FixtureError> {
+    pub async fn populate(
+        &self,
+        db: &Db,
+        etcd: Option<&Etcd>,
+    ) -> Result<FixtureReport, FixtureError> {
         let file = self.file.clone();
         let columns = self.load_columns(db).await?;
         let mut prepared: Vec<(String, Vec<String>, Vec<Value>)> = Vec::new();
@@ -221,18 +229,23 @@ impl Fixture {
         if let (Some(doc), Some(etcd)) = (&self.etcd, etcd) {
             let mut flat = Vec::new();
             crate::etcd::flatten_json("", doc, &mut flat);
-            etcd.put_json("", doc).await.map_err(|e| FixtureError::Rejected {
-                file: file.clone(),
-                table: "etcd".into(),
-                message: e.to_string(),
-            })?;
+            etcd.put_json("", doc)
+                .await
+                .map_err(|e| FixtureError::Rejected {
+                    file: file.clone(),
+                    table: "etcd".into(),
+                    message: e.to_string(),
+                })?;
             report.etcd_keys = flat.len();
         }
         Ok(report)
     }
 
     /// `table -> column -> is_array` for the public schema.
-    async fn load_columns(&self, db: &Db) -> Result<HashMap<String, HashMap<String, bool>>, FixtureError> {
+    async fn load_columns(
+        &self,
+        db: &Db,
+    ) -> Result<HashMap<String, HashMap<String, bool>>, FixtureError> {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT table_name::text, column_name::text, data_type::text \
              FROM information_schema.columns WHERE table_schema = current_schema()",

@@ -24,13 +24,14 @@ pub fn generate_keypair() -> (String, String) {
 pub fn is_valid_access_key(s: &str) -> bool {
     s.len() == 20
         && s.starts_with("AKIA")
-        && s[4..].bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        && s[4..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
 pub fn is_valid_secret_key(s: &str) -> bool {
     s.len() == 40
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -56,12 +57,16 @@ mod tests {
             assert!(is_valid_secret_key(&sk), "{sk}");
         }
         assert!(is_valid_access_key("AKIAIOSFODNN7EXAMPLE"));
-        assert!(!is_valid_secret_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"));
+        assert!(!is_valid_secret_key(
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        ));
     }
 
     #[test]
     fn bcrypt_prefix() {
-        let h = bcrypt::hash_with_result("x", 4).unwrap().format_for_version(bcrypt::Version::TwoB);
+        let h = bcrypt::hash_with_result("x", 4)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoB);
         assert!(h.starts_with("$2b$04$"));
         assert!(verify_password("x", &h));
     }

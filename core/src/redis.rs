@@ -20,7 +20,8 @@ pub async fn connect(cfg: &RedisConfig, timeout: Duration) -> Result<RedisPool, 
         attempts,
         message,
     };
-    let manager = RedisConnectionManager::new(cfg.url()).map_err(|e| unreachable(0, e.to_string()))?;
+    let manager =
+        RedisConnectionManager::new(cfg.url()).map_err(|e| unreachable(0, e.to_string()))?;
     let pool = bb8::Pool::builder()
         .max_size(cfg.pool_size)
         .connection_timeout(Duration::from_secs(5))

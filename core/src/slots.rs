@@ -32,7 +32,10 @@ pub fn parse_binary_size(s: &str) -> Result<Decimal, String> {
     }
     let (num, exp) = match body.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
-            let exp = "kmgtpezy".find(c).ok_or_else(|| format!("invalid binary size: {s}"))? as u32 + 1;
+            let exp = "kmgtpezy"
+                .find(c)
+                .ok_or_else(|| format!("invalid binary size: {s}"))? as u32
+                + 1;
             (&body[..body.len() - 1], exp)
         }
         _ => (body, 0),
@@ -40,7 +43,9 @@ pub fn parse_binary_size(s: &str) -> Result<Decimal, String> {
     let n = Decimal::from_str(num.trim()).map_err(|_| format!("invalid binary size: {s}"))?;
     let mut v = n;
     for _ in 0..exp {
-        v = v.checked_mul(Decimal::from(1024)).ok_or_else(|| format!("binary size too large: {s}"))?;
+        v = v
+            .checked_mul(Decimal::from(1024))
+            .ok_or_else(|| format!("binary size too large: {s}"))?;
     }
     Ok(v.floor())
 }
@@ -64,7 +69,9 @@ impl ResourceSlot {
             Value::Null => return Ok(Self::default()),
             Value::Object(o) => o,
             // Stored values of the original are sometimes JSON-encoded strings.
-            Value::String(s) => return Self::from_json(&serde_json::from_str(s).map_err(|e| e.to_string())?),
+            Value::String(s) => {
+                return Self::from_json(&serde_json::from_str(s).map_err(|e| e.to_string())?)
+            }
             _ => return Err("resource slots must be an object".into()),
         };
         let mut out = BTreeMap::new();
@@ -74,8 +81,11 @@ impl ResourceSlot {
                 Value::Number(n) => Decimal::from_str(&n.to_string())
                     .or_else(|_| Decimal::from_scientific(&n.to_string()))
                     .map_err(|_| format!("invalid amount for {k}: {n}"))?,
-                Value::String(s) if is_bytes_slot(k) => parse_binary_size(s).map_err(|e| format!("{k}: {e}"))?,
-                Value::String(s) => Decimal::from_str(s.trim()).map_err(|_| format!("invalid amount for {k}: {s}"))?,
+                Value::String(s) if is_bytes_slot(k) => {
+                    parse_binary_size(s).map_err(|e| format!("{k}: {e}"))?
+                }
+                Value::String(s) => Decimal::from_str(s.trim())
+                    .map_err(|_| format!("invalid amount for {k}: {s}"))?,
                 other => return Err(format!("invalid amount for {k}: {other}")),
             };
             out.insert(k.clone(), normalize(k, d));
@@ -158,10 +168,22 @@ mod tests {
 
     #[test]
     fn parse_and_format() {
-        let s = ResourceSlot::from_json(&serde_json::json!({"cpu": "0.30", "mem": "4g", "cuda.shares": 0.5})).unwrap();
-        assert_eq!(s.to_json(), serde_json::json!({"cpu": "0.3", "mem": "4294967296", "cuda.shares": "0.5"}));
-        assert_eq!(parse_binary_size("1.5g").unwrap(), Decimal::from(1610612736));
-        assert_eq!(parse_binary_size("512MiB").unwrap(), Decimal::from(536870912));
+        let s = ResourceSlot::from_json(
+            &serde_json::json!({"cpu": "0.30", "mem": "4g", "cuda.shares": 0.5}),
+        )
+        .unwrap();
+        assert_eq!(
+            s.to_json(),
+            serde_json::json!({"cpu": "0.3", "mem": "4294967296", "cuda.shares": "0.5"})
+        );
+        assert_eq!(
+            parse_binary_size("1.5g").unwrap(),
+            Decimal::from(1610612736)
+        );
+        assert_eq!(
+            parse_binary_size("512MiB").unwrap(),
+            Decimal::from(536870912)
+        );
         assert_eq!(parse_binary_size("1024").unwrap(), Decimal::from(1024));
         let cap = ResourceSlot::from_json(&serde_json::json!({"cpu": "4", "mem": "8g"})).unwrap();
         assert!(!s.fits_in(&cap), "cuda.shares missing in capacity");

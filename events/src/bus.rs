@@ -251,7 +251,11 @@ impl Bus {
     }
 
     /// Publishes a command and waits up to `deadline` for the worker's reply.
-    pub async fn publish_command(&self, cmd: Command, deadline: Duration) -> Result<CommandOutcome, BusError> {
+    pub async fn publish_command(
+        &self,
+        cmd: Command,
+        deadline: Duration,
+    ) -> Result<CommandOutcome, BusError> {
         self.publish_command_with_id(Uuid::new_v4(), None, cmd, deadline)
             .await
     }

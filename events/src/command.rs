@@ -47,7 +47,10 @@ pub enum Command {
     /// Set (`Some`) or remove (`None`) the announcement (etcd `manager/announcement`).
     SetAnnouncement { message: Option<String> },
     /// Write a raw etcd key (`POST /config/set`); an object is written as a key tree.
-    EtcdPut { key: String, value: serde_json::Value },
+    EtcdPut {
+        key: String,
+        value: serde_json::Value,
+    },
     /// Delete a raw etcd key, or every key under it (`POST /config/delete`).
     EtcdDelete { key: String, prefix: bool },
     /// Run a background task (21.03 #394) to completion in a worker: the command id is the

@@ -14,11 +14,20 @@ pub enum Event {
     DoSchedule,
     DoPrepare,
     DoIdleCheck,
-    DoTerminateSession { session_id: Uuid, reason: String },
+    DoTerminateSession {
+        session_id: Uuid,
+        reason: String,
+    },
 
     // -- agents --
-    AgentStarted { agent_id: String, reason: String },
-    AgentTerminated { agent_id: String, reason: String },
+    AgentStarted {
+        agent_id: String,
+        reason: String,
+    },
+    AgentTerminated {
+        agent_id: String,
+        reason: String,
+    },
     AgentError {
         agent_id: String,
         message: String,
@@ -27,45 +36,151 @@ pub enum Event {
         context_env: serde_json::Value,
         severity: String,
     },
-    AgentHeartbeat { agent_id: String, agent_info: serde_json::Value },
+    AgentHeartbeat {
+        agent_id: String,
+        agent_info: serde_json::Value,
+    },
 
     // -- kernels --
-    KernelEnqueued { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelPreparing { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelPulling { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelCreating { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelStarted { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelCancelled { kernel_id: Uuid, session_id: Uuid, creation_id: String, reason: String },
-    KernelTerminating { kernel_id: Uuid, session_id: Uuid, reason: String, exit_code: i32 },
-    KernelTerminated { kernel_id: Uuid, session_id: Uuid, reason: String, exit_code: i32 },
+    KernelEnqueued {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelPreparing {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelPulling {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelCreating {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelStarted {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelCancelled {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    KernelTerminating {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        reason: String,
+        exit_code: i32,
+    },
+    KernelTerminated {
+        kernel_id: Uuid,
+        session_id: Uuid,
+        reason: String,
+        exit_code: i32,
+    },
 
     // -- sessions --
-    SessionEnqueued { session_id: Uuid, creation_id: String, reason: String },
-    SessionScheduled { session_id: Uuid, creation_id: String, reason: String },
-    SessionPreparing { session_id: Uuid, creation_id: String, reason: String },
-    SessionCancelled { session_id: Uuid, creation_id: String, reason: String },
-    SessionStarted { session_id: Uuid, creation_id: String, reason: String },
-    SessionTerminated { session_id: Uuid, reason: String },
-    SessionSuccess { session_id: Uuid, reason: String, exit_code: i32 },
-    SessionFailure { session_id: Uuid, reason: String, exit_code: i32 },
+    SessionEnqueued {
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    SessionScheduled {
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    SessionPreparing {
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    SessionCancelled {
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    SessionStarted {
+        session_id: Uuid,
+        creation_id: String,
+        reason: String,
+    },
+    SessionTerminated {
+        session_id: Uuid,
+        reason: String,
+    },
+    SessionSuccess {
+        session_id: Uuid,
+        reason: String,
+        exit_code: i32,
+    },
+    SessionFailure {
+        session_id: Uuid,
+        reason: String,
+        exit_code: i32,
+    },
 
     // -- kernel housekeeping --
-    DoSyncKernelLogs { kernel_id: Uuid, container_id: String },
-    DoSyncKernelStats { kernel_ids: Vec<Uuid> },
-    ExecutionStarted { session_id: Uuid },
-    ExecutionFinished { session_id: Uuid },
-    ExecutionTimeout { session_id: Uuid },
-    ExecutionCancelled { session_id: Uuid },
+    DoSyncKernelLogs {
+        kernel_id: Uuid,
+        container_id: String,
+    },
+    DoSyncKernelStats {
+        kernel_ids: Vec<Uuid>,
+    },
+    ExecutionStarted {
+        session_id: Uuid,
+    },
+    ExecutionFinished {
+        session_id: Uuid,
+    },
+    ExecutionTimeout {
+        session_id: Uuid,
+    },
+    ExecutionCancelled {
+        session_id: Uuid,
+    },
 
     // -- background tasks (21.03 #392, #394) --
-    BgtaskUpdated { task_id: Uuid, current_progress: f64, total_progress: f64, message: Option<String> },
-    BgtaskDone { task_id: Uuid, message: Option<String> },
-    BgtaskCancelled { task_id: Uuid, message: Option<String> },
-    BgtaskFailed { task_id: Uuid, message: Option<String> },
+    BgtaskUpdated {
+        task_id: Uuid,
+        current_progress: f64,
+        total_progress: f64,
+        message: Option<String>,
+    },
+    BgtaskDone {
+        task_id: Uuid,
+        message: Option<String>,
+    },
+    BgtaskCancelled {
+        task_id: Uuid,
+        message: Option<String>,
+    },
+    BgtaskFailed {
+        task_id: Uuid,
+        message: Option<String>,
+    },
 
     // -- ours --
     /// A command was given up on (max deliveries or permanent failure); never silent.
-    CommandFailed { command_id: Uuid, kind: String, error: String, deliveries: u64 },
+    CommandFailed {
+        command_id: Uuid,
+        kind: String,
+        error: String,
+        deliveries: u64,
+    },
     DoLogCleanup,
 }
 

@@ -3,8 +3,8 @@
 
 use uuid::Uuid;
 
-use crate::event::Event;
 use crate::envelope::Kind;
+use crate::event::Event;
 
 #[derive(Clone, Debug)]
 pub struct Subjects {
@@ -100,7 +100,11 @@ impl Subjects {
     }
 
     pub fn trigger_schedule(&self, scaling_group: &str) -> String {
-        format!("{}.trigger.schedule.{}", self.prefix, encode_token(scaling_group))
+        format!(
+            "{}.trigger.schedule.{}",
+            self.prefix,
+            encode_token(scaling_group)
+        )
     }
     pub fn trigger_all(&self) -> String {
         format!("{}.trigger.>", self.prefix)
@@ -131,6 +135,9 @@ mod tests {
             assert_eq!(decode_token(&t), name, "{t}");
         }
         let s = Subjects::new("bai");
-        assert_eq!(s.trigger_group(&s.trigger_schedule("gpu.x")).as_deref(), Some("gpu.x"));
+        assert_eq!(
+            s.trigger_group(&s.trigger_schedule("gpu.x")).as_deref(),
+            Some("gpu.x")
+        );
     }
 }

@@ -29,7 +29,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Base configuration for tests: the defaults (local services) with `BAI_*` overrides.
 pub fn base_config() -> Config {
-    let mut cfg = Config::load(Some(&workspace_root().join("ops/manager.toml"))).expect("test config");
+    let mut cfg =
+        Config::load(Some(&workspace_root().join("ops/manager.toml"))).expect("test config");
     cfg.logging.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     cfg
 }
@@ -61,7 +62,8 @@ fn template_name() -> String {
             h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
         }
     }
-    let fixture = std::fs::read(workspace_root().join("ops/fixtures/example.json")).unwrap_or_default();
+    let fixture =
+        std::fs::read(workspace_root().join("ops/fixtures/example.json")).unwrap_or_default();
     for b in fixture {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
@@ -78,16 +80,19 @@ async fn ensure_template(cfg: &Config) -> String {
         .execute(&mut *conn)
         .await
         .expect("template lock");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("template lookup");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("template lookup");
     if !exists {
         let building = format!("{name}_building");
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"))
-            .execute(&mut *conn)
-            .await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+        ))
+        .execute(&mut *conn)
+        .await;
         sqlx::query(&format!("CREATE DATABASE \"{building}\""))
             .execute(&mut *conn)
             .await
@@ -102,15 +107,22 @@ async fn ensure_template(cfg: &Config) -> String {
                 .expect("connect template");
             let db = Db::from_pool(pool.clone(), &c);
             db.migrate().await.expect("migrate template");
-            let fixture = bai_core::fixtures::Fixture::read(&workspace_root().join("ops/fixtures/example.json"))
-                .expect("example fixture");
-            fixture.populate(&db, None).await.expect("load fixture into template");
+            let fixture = bai_core::fixtures::Fixture::read(
+                &workspace_root().join("ops/fixtures/example.json"),
+            )
+            .expect("example fixture");
+            fixture
+                .populate(&db, None)
+                .await
+                .expect("load fixture into template");
             pool.close().await;
         }
-        sqlx::query(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\""))
-            .execute(&mut *conn)
-            .await
-            .expect("publish template");
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .execute(&mut *conn)
+        .await
+        .expect("publish template");
     }
     sqlx::query("SELECT pg_advisory_unlock(7243, 1)")
         .execute(&mut *conn)
@@ -140,8 +152,14 @@ impl TestDb {
             .expect("clone template");
         admin.close().await;
         cfg.db.name = name.clone();
-        let db = Db::connect(&cfg.db, TIMEOUT).await.expect("connect test db");
-        Self { name, config: cfg, db }
+        let db = Db::connect(&cfg.db, TIMEOUT)
+            .await
+            .expect("connect test db");
+        Self {
+            name,
+            config: cfg,
+            db,
+        }
     }
 
     /// An empty database (no schema), for migration tests.
@@ -155,8 +173,14 @@ impl TestDb {
             .expect("create empty db");
         admin.close().await;
         cfg.db.name = name.clone();
-        let db = Db::connect(&cfg.db, TIMEOUT).await.expect("connect test db");
-        Self { name, config: cfg, db }
+        let db = Db::connect(&cfg.db, TIMEOUT)
+            .await
+            .expect("connect test db");
+        Self {
+            name,
+            config: cfg,
+            db,
+        }
     }
 }
 
@@ -169,7 +193,10 @@ impl Drop for TestDb {
         // would deadlock on tasks that live on the blocked runtime. FORCE ends the test's
         // own connections.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -227,7 +254,10 @@ impl Drop for TestBus {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(delete_streams(&prefix));
@@ -246,7 +276,9 @@ impl TestEtcd {
     pub async fn new() -> Self {
         let mut cfg = base_config();
         cfg.etcd.namespace = format!("test-{}", Uuid::new_v4().simple());
-        let etcd = Etcd::connect(&cfg.etcd, TIMEOUT).await.expect("connect etcd");
+        let etcd = Etcd::connect(&cfg.etcd, TIMEOUT)
+            .await
+            .expect("connect etcd");
         Self {
             etcd,
             namespace: cfg.etcd.namespace,
@@ -259,7 +291,10 @@ impl Drop for TestEtcd {
         let mut cfg = base_config();
         cfg.etcd.namespace = self.namespace.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -338,11 +373,17 @@ impl Drop for TestRabbit {
         let names = self.names();
         let agents = self.agents.lock().map(|a| a.clone()).unwrap_or_default();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(conn) = bai_agent_proto::amqp::connect(&url, "test-cleanup", Duration::from_secs(5)).await {
+                if let Ok(conn) =
+                    bai_agent_proto::amqp::connect(&url, "test-cleanup", Duration::from_secs(5))
+                        .await
+                {
                     let _ = bai_agent_proto::amqp::delete_topology(&conn, &names, &agents).await;
                     let _ = conn.close(200, "bye").await;
                 }

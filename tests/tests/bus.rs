@@ -47,7 +47,11 @@ fn start_worker(db: &bai_core::Db, bus: Bus, concurrency: usize) -> Worker {
         },
         stop.clone(),
     ));
-    Worker { stop, handle, metrics }
+    Worker {
+        stop,
+        handle,
+        metrics,
+    }
 }
 
 async fn echo_effects(db: &bai_core::Db) -> i64 {
@@ -71,7 +75,11 @@ async fn echo_round_trip_and_duplicate_id_has_one_effect() {
     let tb = TestBus::new(fast_options()).await;
     let w = start_worker(&t.db, tb.peer("worker").await, 8);
 
-    let out = tb.bus.publish_command(echo("hi"), Duration::from_secs(10)).await.unwrap();
+    let out = tb
+        .bus
+        .publish_command(echo("hi"), Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         out,
         CommandOutcome::Completed(CommandReply::Ok {
@@ -82,24 +90,34 @@ async fn echo_round_trip_and_duplicate_id_has_one_effect() {
     // The same command id twice (a re-sent request) is stored once and acts once.
     let id = Uuid::new_v4();
     let env = Envelope::new(id, "test", echo("dup"));
-    assert!(tb.bus.enqueue_command(&env).await.unwrap(), "first copy stored");
-    assert!(!tb.bus.enqueue_command(&env).await.unwrap(), "second copy deduplicated by Nats-Msg-Id");
+    assert!(
+        tb.bus.enqueue_command(&env).await.unwrap(),
+        "first copy stored"
+    );
+    assert!(
+        !tb.bus.enqueue_command(&env).await.unwrap(),
+        "second copy deduplicated by Nats-Msg-Id"
+    );
     let again = tb
         .bus
         .publish_command_with_id(id, None, echo("dup"), Duration::from_secs(2))
         .await
         .unwrap();
     // Either it is still running (accepted) or the reply of the first copy arrived.
-    assert!(matches!(again, CommandOutcome::Accepted { .. } | CommandOutcome::Completed(_)));
+    assert!(matches!(
+        again,
+        CommandOutcome::Accepted { .. } | CommandOutcome::Completed(_)
+    ));
     let db = t.db.clone();
     eventually(Duration::from_secs(10), || {
         let db = db.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_echo_effects WHERE command_id = $1")
-                .bind(id)
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM bus_echo_effects WHERE command_id = $1")
+                    .bind(id)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
             (n == 1).then_some(())
         }
     })
@@ -162,7 +180,11 @@ async fn killed_worker_before_ack_is_completed_by_another_worker() {
     // ...then crash it: no ack, no nak.
     doomed.handle.abort();
     let _ = doomed.handle.await;
-    assert_eq!(echo_effects(&t.db).await, 0, "the crashed worker never committed");
+    assert_eq!(
+        echo_effects(&t.db).await,
+        0,
+        "the crashed worker never committed"
+    );
 
     let rescuer = start_worker(&t.db, tb.peer("rescuer").await, 4);
     let db = t.db.clone();
@@ -197,7 +219,9 @@ async fn two_workers_handle_a_thousand_commands_once() {
         .buffer_unordered(64)
         .collect()
         .await;
-    assert!(replies.iter().all(|r| matches!(r, CommandOutcome::Completed(CommandReply::Ok { .. }))));
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r, CommandOutcome::Completed(CommandReply::Ok { .. }))));
     assert_eq!(echo_effects(&t.db).await, 1000);
     let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_commands")
         .fetch_one(t.db.pool())
@@ -244,13 +268,25 @@ async fn poison_command_is_terminated_with_an_event_and_others_flow() {
     });
     // Healthy commands keep flowing while the poison one is being retried.
     for i in 0..5 {
-        let out = tb.bus.publish_command(echo(&format!("ok{i}")), Duration::from_secs(10)).await.unwrap();
-        assert!(matches!(out, CommandOutcome::Completed(CommandReply::Ok { .. })));
+        let out = tb
+            .bus
+            .publish_command(echo(&format!("ok{i}")), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(matches!(
+            out,
+            CommandOutcome::Completed(CommandReply::Ok { .. })
+        ));
     }
     let failed = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(msg) = events.next().await {
             let env: Envelope<Event> = Envelope::from_slice(&msg.payload).unwrap();
-            if let Event::CommandFailed { command_id, deliveries, .. } = env.body {
+            if let Event::CommandFailed {
+                command_id,
+                deliveries,
+                ..
+            } = env.body
+            {
                 if command_id == poison_id {
                     return deliveries;
                 }
@@ -262,7 +298,9 @@ async fn poison_command_is_terminated_with_an_event_and_others_flow() {
     .expect("a command_failed event");
     assert_eq!(failed, 3, "terminated after max_deliver deliveries");
     match poison_task.await.unwrap() {
-        CommandOutcome::Completed(CommandReply::Failed { error }) => assert!(error.contains("poison"), "{error}"),
+        CommandOutcome::Completed(CommandReply::Failed { error }) => {
+            assert!(error.contains("poison"), "{error}")
+        }
         other => panic!("unexpected outcome {other:?}"),
     }
     assert_eq!(w.metrics.failed.load(Ordering::Relaxed), 1);
@@ -274,7 +312,12 @@ async fn poison_command_is_terminated_with_an_event_and_others_flow() {
 async fn undecodable_command_is_terminated_not_retried() {
     let t = TestDb::new().await;
     let tb = TestBus::new(fast_options()).await;
-    let mut events = tb.bus.client().subscribe(tb.bus.subjects().events_all()).await.unwrap();
+    let mut events = tb
+        .bus
+        .client()
+        .subscribe(tb.bus.subjects().events_all())
+        .await
+        .unwrap();
     let w = start_worker(&t.db, tb.peer("w").await, 4);
     tb.bus
         .jetstream()
@@ -309,7 +352,12 @@ struct CountingRunner {
 impl bai_workers::PassRunner for CountingRunner {
     fn run_pass<'a>(&'a self, group: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            self.passes.lock().unwrap().entry(group.to_string()).or_default().push(Instant::now());
+            self.passes
+                .lock()
+                .unwrap()
+                .entry(group.to_string())
+                .or_default()
+                .push(Instant::now());
             self.total.fetch_add(1, Ordering::Relaxed);
             // A pass takes a while, so requests keep arriving during it.
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -370,12 +418,22 @@ async fn bursts_of_triggers_coalesce_without_losing_the_last_wake_up() {
     assert!(default_passes >= 1);
     // Sequential requests to a group whose pass takes 30 ms: one pass per 30 ms window at
     // most, far fewer than 1,000 requests.
-    assert!(default_passes < 100, "default group: {default_passes} passes for 1,000 requests");
+    assert!(
+        default_passes < 100,
+        "default group: {default_passes} passes for 1,000 requests"
+    );
     for g in &groups {
-        assert!(passes[g].len() < 60, "{g}: {} passes for 100 requests", passes[g].len());
+        assert!(
+            passes[g].len() < 60,
+            "{g}: {} passes for 100 requests",
+            passes[g].len()
+        );
     }
     let total = runner.total.load(Ordering::Relaxed);
-    assert_eq!(total as usize, queued, "every queued trigger became exactly one pass");
+    assert_eq!(
+        total as usize, queued,
+        "every queued trigger became exactly one pass"
+    );
     eprintln!("2,000 requests → {queued} triggers queued → {total} passes");
 }
 
@@ -412,7 +470,10 @@ impl Drop for PrivateNats {
 
 async fn wait_port(port: u16) {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -433,8 +494,12 @@ async fn nats_restart_mid_run_loses_nothing_accepted() {
     wait_port(port).await;
     let mut cfg = bai_tests::base_config();
     cfg.nats.url = format!("nats://127.0.0.1:{port}");
-    let bus = Bus::connect(&cfg.nats, "test", fast_options(), Duration::from_secs(10)).await.unwrap();
-    let wbus = Bus::connect(&cfg.nats, "worker", fast_options(), Duration::from_secs(10)).await.unwrap();
+    let bus = Bus::connect(&cfg.nats, "test", fast_options(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let wbus = Bus::connect(&cfg.nats, "worker", fast_options(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let w = start_worker(&t.db, wbus, 16);
 
     // Publisher: keeps enqueueing; remembers which commands the server acknowledged.
@@ -445,7 +510,9 @@ async fn nats_restart_mid_run_loses_nothing_accepted() {
         for i in 0..400 {
             let env = Envelope::new(Uuid::new_v4(), "test", echo(&format!("n{i}")));
             // A failed publish (server down) is not accepted; the caller would retry it.
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), pbus.enqueue_command(&env)).await {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(3), pbus.enqueue_command(&env)).await
+            {
                 acc.lock().unwrap().push(env.id);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -461,23 +528,32 @@ async fn nats_restart_mid_run_loses_nothing_accepted() {
     publisher.await.unwrap();
 
     let ids = accepted.lock().unwrap().clone();
-    assert!(ids.len() > 100, "enough commands were accepted ({})", ids.len());
+    assert!(
+        ids.len() > 100,
+        "enough commands were accepted ({})",
+        ids.len()
+    );
     let db = t.db.clone();
     let want = ids.clone();
     let done = eventually(Duration::from_secs(60), || {
         let db = db.clone();
         let want = want.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_echo_effects WHERE command_id = ANY($1)")
-                .bind(&want)
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM bus_echo_effects WHERE command_id = ANY($1)",
+            )
+            .bind(&want)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
             (n as usize == want.len()).then_some(n)
         }
     })
     .await;
-    assert!(done.is_some(), "every accepted command was handled after the restart");
+    assert!(
+        done.is_some(),
+        "every accepted command was handled after the restart"
+    );
     w.stop.cancel();
     w.handle.await.unwrap().unwrap();
     drop(server);

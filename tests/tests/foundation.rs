@@ -36,19 +36,39 @@ const ENUMS: &[(&str, &[&str])] = &[
     (
         "kernelstatus",
         &[
-            "PENDING", "SCHEDULED", "PREPARING", "BUILDING", "PULLING", "RUNNING", "RESTARTING",
-            "RESIZING", "SUSPENDED", "TERMINATING", "TERMINATED", "ERROR", "CANCELLED",
+            "PENDING",
+            "SCHEDULED",
+            "PREPARING",
+            "BUILDING",
+            "PULLING",
+            "RUNNING",
+            "RESTARTING",
+            "RESIZING",
+            "SUSPENDED",
+            "TERMINATING",
+            "TERMINATED",
+            "ERROR",
+            "CANCELLED",
         ],
     ),
     ("sessiontypes", &["INTERACTIVE", "BATCH"]),
     ("sessionresult", &["UNDEFINED", "SUCCESS", "FAILURE"]),
-    ("agentstatus", &["ALIVE", "LOST", "RESTARTING", "TERMINATED"]),
+    (
+        "agentstatus",
+        &["ALIVE", "LOST", "RESTARTING", "TERMINATED"],
+    ),
     ("userrole", &["superadmin", "admin", "user", "monitor"]),
-    ("userstatus", &["active", "inactive", "deleted", "before-verification"]),
+    (
+        "userstatus",
+        &["active", "inactive", "deleted", "before-verification"],
+    ),
     ("vfolderusagemode", &["general", "model", "data"]),
     ("vfolderpermission", &["ro", "rw", "wd"]),
     ("vfolderownershiptype", &["user", "group"]),
-    ("vfolderinvitationstate", &["pending", "canceled", "accepted", "rejected"]),
+    (
+        "vfolderinvitationstate",
+        &["pending", "canceled", "accepted", "rejected"],
+    ),
     ("defaultforunspecified", &["LIMITED", "UNLIMITED"]),
     ("templatetype", &["TASK", "CLUSTER"]),
     ("errorlog_severity", &["critical", "error", "warning"]),
@@ -84,12 +104,20 @@ async fn migrations_create_every_table_enum_and_index() {
         .unwrap();
         assert_eq!(&got, labels, "enum {name}");
     }
-    let idx: String = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_kernels_unique_sess_token'")
-        .fetch_one(t.db.pool())
-        .await
-        .unwrap();
-    assert!(idx.contains("UNIQUE") && idx.contains("access_key") && idx.contains("session_name"), "{idx}");
-    assert!(idx.contains("TERMINATED") && idx.contains("CANCELLED") && idx.contains("main"), "{idx}");
+    let idx: String = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_kernels_unique_sess_token'",
+    )
+    .fetch_one(t.db.pool())
+    .await
+    .unwrap();
+    assert!(
+        idx.contains("UNIQUE") && idx.contains("access_key") && idx.contains("session_name"),
+        "{idx}"
+    );
+    assert!(
+        idx.contains("TERMINATED") && idx.contains("CANCELLED") && idx.contains("main"),
+        "{idx}"
+    );
 }
 
 /// Two transactions that each read both rows and write one of them form a write skew that
@@ -144,8 +172,15 @@ async fn serialization_conflict_is_retried_and_both_succeed_once() {
         .fetch_all(t.db.pool())
         .await
         .unwrap();
-    assert_eq!(rows, vec![(1, 1), (2, 1)], "each transaction took effect exactly once");
-    assert!(attempts.load(Ordering::SeqCst) >= 3, "one side must have been retried");
+    assert_eq!(
+        rows,
+        vec![(1, 1), (2, 1)],
+        "each transaction took effect exactly once"
+    );
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 3,
+        "one side must have been retried"
+    );
     assert!(t.db.retries_performed() >= 1);
 }
 
@@ -199,19 +234,24 @@ async fn deadlock_is_retried_and_exhaustion_is_a_clear_error() {
         TxnError::RetriesExhausted { attempts, .. } => assert_eq!(*attempts, 3),
         other => panic!("unexpected error {other:?}"),
     }
-    assert!(err.to_string().contains("could not be serialized after 3 attempts"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("could not be serialized after 3 attempts"),
+        "{err}"
+    );
     assert!(err.is_transient());
 
     // Other errors are not retried.
     let once = Arc::new(AtomicU32::new(0));
     let once2 = once.clone();
-    let err = t
-        .db
-        .transact(move |txn| {
+    let err =
+        t.db.transact(move |txn| {
             let once = once2.clone();
             Box::pin(async move {
                 once.fetch_add(1, Ordering::SeqCst);
-                sqlx::query("SELECT * FROM no_such_table").execute(&mut **txn).await?;
+                sqlx::query("SELECT * FROM no_such_table")
+                    .execute(&mut **txn)
+                    .await?;
                 Ok(())
             })
         })
@@ -234,7 +274,10 @@ async fn writes_inside_a_readonly_transaction_fail() {
         .execute(&mut *tx)
         .await
         .unwrap_err();
-    let code = err.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+    let code = err
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("25006"), "read_only_sql_transaction");
 }
 
@@ -246,12 +289,24 @@ async fn excessive_transactions_warning_fires_above_threshold() {
     let db = Db::from_pool(t.db.pool().clone(), &cfg);
     let a = db.begin().await.unwrap();
     let b = db.begin().await.unwrap();
-    assert_eq!(db.watcher().warnings_emitted(), 0, "at the threshold: no warning");
+    assert_eq!(
+        db.watcher().warnings_emitted(),
+        0,
+        "at the threshold: no warning"
+    );
     let c = db.begin().await.unwrap();
-    assert_eq!(db.watcher().warnings_emitted(), 1, "above the threshold: one warning");
+    assert_eq!(
+        db.watcher().warnings_emitted(),
+        1,
+        "above the threshold: one warning"
+    );
     assert_eq!(db.watcher().open(bai_core::db::TxnKind::Generic), 3);
     drop((a, b, c));
-    assert_eq!(db.watcher().open(bai_core::db::TxnKind::Generic), 0, "guards release on drop");
+    assert_eq!(
+        db.watcher().open(bai_core::db::TxnKind::Generic),
+        0,
+        "guards release on drop"
+    );
     // Read-only transactions are counted separately.
     let r: Vec<_> = futures::future::join_all((0..3).map(|_| db.begin_readonly())).await;
     assert_eq!(db.watcher().warnings_emitted(), 2);
@@ -264,9 +319,15 @@ async fn scaling_group_locks_are_independent_per_group() {
     let mut a = t.db.begin().await.unwrap();
     lock_scaling_group(&mut a, "group-a").await.unwrap();
     let mut b = t.db.begin().await.unwrap();
-    assert!(try_lock_scaling_group(&mut b, "group-b").await.unwrap(), "another group is free");
+    assert!(
+        try_lock_scaling_group(&mut b, "group-b").await.unwrap(),
+        "another group is free"
+    );
     let mut c = t.db.begin().await.unwrap();
-    assert!(!try_lock_scaling_group(&mut c, "group-a").await.unwrap(), "the same group is held");
+    assert!(
+        !try_lock_scaling_group(&mut c, "group-a").await.unwrap(),
+        "the same group is held"
+    );
     // Blocking acquisition waits for the holder's commit.
     let db = t.db.clone();
     let waiter = tokio::spawn(async move {
@@ -277,7 +338,10 @@ async fn scaling_group_locks_are_independent_per_group() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "must wait while group-a is locked");
     a.commit().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     drop((b, c));
 }
 
@@ -295,8 +359,14 @@ async fn etcd_round_trip() {
     .await
     .unwrap();
     let tree = e.get_prefix("volumes").await.unwrap();
-    assert_eq!(tree.get("default_host").map(String::as_str), Some("local:volume1"));
-    assert_eq!(tree.get("proxies/local/secret").map(String::as_str), Some("s"));
+    assert_eq!(
+        tree.get("default_host").map(String::as_str),
+        Some("local:volume1")
+    );
+    assert_eq!(
+        tree.get("proxies/local/secret").map(String::as_str),
+        Some("s")
+    );
     assert_eq!(tree.get("n").map(String::as_str), Some("3"));
     assert_eq!(e.delete("volumes", true).await.unwrap(), 3);
     assert!(e.get_prefix("volumes").await.unwrap().is_empty());
@@ -324,7 +394,10 @@ async fn example_fixture_loads_once_and_reloading_is_harmless() {
     let counts = row_counts(&t.db).await;
     let second = fx.populate(&t.db, Some(&etcd.etcd)).await.unwrap();
     assert_eq!(row_counts(&t.db).await, counts);
-    assert!(first.tables.iter().all(|(_, rows, new)| *rows as u64 == *new));
+    assert!(first
+        .tables
+        .iter()
+        .all(|(_, rows, new)| *rows as u64 == *new));
     assert!(second.tables.iter().all(|(_, _, new)| *new == 0));
 
     // The original's example data, exactly.
@@ -338,17 +411,38 @@ async fn example_fixture_loads_once_and_reloading_is_harmless() {
     assert_eq!(
         kps,
         vec![
-            ("AKIAHUKCHDEZGEXAMPLE".into(), true, "admin".into(), "domain-admin@lablup.com".into()),
-            ("AKIAIOSFODNN7EXAMPLE".into(), true, "superadmin".into(), "admin@lablup.com".into()),
-            ("AKIANABBDUSEREXAMPLE".into(), false, "user".into(), "user@lablup.com".into()),
-            ("AKIANAMONITOREXAMPLE".into(), false, "monitor".into(), "monitor@lablup.com".into()),
+            (
+                "AKIAHUKCHDEZGEXAMPLE".into(),
+                true,
+                "admin".into(),
+                "domain-admin@lablup.com".into()
+            ),
+            (
+                "AKIAIOSFODNN7EXAMPLE".into(),
+                true,
+                "superadmin".into(),
+                "admin@lablup.com".into()
+            ),
+            (
+                "AKIANABBDUSEREXAMPLE".into(),
+                false,
+                "user".into(),
+                "user@lablup.com".into()
+            ),
+            (
+                "AKIANAMONITOREXAMPLE".into(),
+                false,
+                "monitor".into(),
+                "monitor@lablup.com".into()
+            ),
         ]
     );
-    let (pw, dotfiles): (String, Vec<u8>) =
-        sqlx::query_as("SELECT u.password, d.dotfiles FROM users u, domains d WHERE u.email = 'admin@lablup.com'")
-            .fetch_one(t.db.pool())
-            .await
-            .unwrap();
+    let (pw, dotfiles): (String, Vec<u8>) = sqlx::query_as(
+        "SELECT u.password, d.dotfiles FROM users u, domains d WHERE u.email = 'admin@lablup.com'",
+    )
+    .fetch_one(t.db.pool())
+    .await
+    .unwrap();
     assert!(pw.starts_with("$2b$12$"), "bcrypt as the original");
     assert!(bai_core::keypair::verify_password("wJalrXUt", &pw));
     assert_eq!(dotfiles, vec![0x90], "app default: msgpack empty list");
@@ -358,10 +452,21 @@ async fn example_fixture_loads_once_and_reloading_is_harmless() {
         .unwrap();
     assert_eq!(presets, 6);
     assert_eq!(
-        etcd.etcd.get("images/_aliases/python").await.unwrap().as_deref(),
+        etcd.etcd
+            .get("images/_aliases/python")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("cr.backend.ai/stable/python:3.9-ubuntu20.04")
     );
-    assert_eq!(etcd.etcd.get("volumes/default_host").await.unwrap().as_deref(), Some("local:volume1"));
+    assert_eq!(
+        etcd.etcd
+            .get("volumes/default_host")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("local:volume1")
+    );
 }
 
 #[tokio::test]
@@ -370,14 +475,28 @@ async fn bad_fixtures_are_rejected_with_the_field_and_nothing_is_half_loaded() {
     t.db.migrate().await.unwrap();
 
     let err = Fixture::parse("bad.json", "{not json").err().unwrap();
-    assert!(err.to_string().contains("malformed fixture bad.json"), "{err}");
+    assert!(
+        err.to_string().contains("malformed fixture bad.json"),
+        "{err}"
+    );
 
     let err = Fixture::parse("bad.json", r#"{"nope": []}"#).err().unwrap();
-    assert!(err.to_string().contains("bad.json: nope: unknown table"), "{err}");
+    assert!(
+        err.to_string().contains("bad.json: nope: unknown table"),
+        "{err}"
+    );
 
-    let fx = Fixture::parse("cols.json", r#"{"domains": [{"name": "d1", "colour": "red"}]}"#).unwrap();
+    let fx = Fixture::parse(
+        "cols.json",
+        r#"{"domains": [{"name": "d1", "colour": "red"}]}"#,
+    )
+    .unwrap();
     let err = fx.populate(&t.db, None).await.unwrap_err();
-    assert!(err.to_string().contains("domains[0].colour: no such column"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("domains[0].colour: no such column"),
+        "{err}"
+    );
 
     // A valid domain row followed by a user with an impossible role: the whole load rolls back.
     let fx = Fixture::parse(
@@ -387,7 +506,10 @@ async fn bad_fixtures_are_rejected_with_the_field_and_nothing_is_half_loaded() {
     )
     .unwrap();
     let err = fx.populate(&t.db, None).await.unwrap_err();
-    assert!(err.to_string().contains("partial.json") && err.to_string().contains("users"), "{err}");
+    assert!(
+        err.to_string().contains("partial.json") && err.to_string().contains("users"),
+        "{err}"
+    );
     let domains: i64 = sqlx::query_scalar("SELECT count(*) FROM domains")
         .fetch_one(t.db.pool())
         .await
@@ -407,14 +529,22 @@ fn bad_config_values_name_the_field() {
 
     std::fs::write(&p, "[db]\nmax-connections = \"many\"\n").unwrap();
     let err = Config::load(Some(&p)).unwrap_err().to_string();
-    assert!(err.contains("manager.toml") && err.contains("max-connections"), "{err}");
+    assert!(
+        err.contains("manager.toml") && err.contains("max-connections"),
+        "{err}"
+    );
 
     std::fs::write(&p, "[db]\nno-such-key = 1\n").unwrap();
     let err = Config::load(Some(&p)).unwrap_err().to_string();
     assert!(err.contains("no-such-key"), "{err}");
 
-    let err = Config::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();
-    assert!(err.contains("missing.toml") && err.contains("does not exist"), "{err}");
+    let err = Config::load(Some(&dir.join("missing.toml")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing.toml") && err.contains("does not exist"),
+        "{err}"
+    );
 
     std::fs::write(&p, "[db]\nname = \"x\"\n").unwrap();
     assert_eq!(Config::load(Some(&p)).unwrap().db.name, "x");
@@ -424,7 +554,11 @@ fn bad_config_values_name_the_field() {
 #[test]
 fn old_postgres_is_refused_and_new_accepted() {
     let err = bai_core::db::check_pg_version("100023", "PostgreSQL 10.23").unwrap_err();
-    assert!(err.to_string().contains("PostgreSQL 10.23 is not supported"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("PostgreSQL 10.23 is not supported"),
+        "{err}"
+    );
     assert!(err.to_string().contains("11 or newer"), "{err}");
     bai_core::db::check_pg_version("110000", "PostgreSQL 11.0").unwrap();
     bai_core::db::check_pg_version("150020", "PostgreSQL 15.20").unwrap();
@@ -450,7 +584,8 @@ fn environment_overrides_use_the_section_separator_only() {
         jail.set_env("BAI_AGENT_ID", "i-x");
         jail.set_env("BAI_DB__NAME", "from_env");
         jail.set_env("BAI_MANAGER__SERVICE_ADDR", "127.0.0.1:9999");
-        let cfg = Config::load(Some(&bai_tests::workspace_root().join("ops/manager.toml"))).map_err(|e| e.to_string())?;
+        let cfg = Config::load(Some(&bai_tests::workspace_root().join("ops/manager.toml")))
+            .map_err(|e| e.to_string())?;
         assert_eq!(cfg.db.name, "from_env");
         assert_eq!(cfg.manager.service_addr, "127.0.0.1:9999");
         Ok(())

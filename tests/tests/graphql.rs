@@ -1414,12 +1414,24 @@ async fn envelopes_legacy_and_standard() {
     assert!(body["data"][0]["locations"].is_array());
     // Objects keep the selection order (the CLI zips its field list with the values).
     let (_, _, text) = env
-        .post_raw(SUPER, "/admin/gql", &json!({"query": "{ keypair { secret_key rate_limit access_key } }"}))
+        .post_raw(
+            SUPER,
+            "/admin/gql",
+            &json!({"query": "{ keypair { secret_key rate_limit access_key } }"}),
+        )
         .await;
-    let (s, r, a) = (text.find("secret_key"), text.find("rate_limit"), text.find("access_key"));
+    let (s, r, a) = (
+        text.find("secret_key"),
+        text.find("rate_limit"),
+        text.find("access_key"),
+    );
     assert!(s < r && r < a, "{text}");
     let (_, _, text) = env
-        .post_raw(SUPER, "/admin/graphql", &json!({"query": "{ keypair { secret_key access_key } }"}))
+        .post_raw(
+            SUPER,
+            "/admin/graphql",
+            &json!({"query": "{ keypair { secret_key access_key } }"}),
+        )
         .await;
     assert!(text.find("secret_key") < text.find("access_key"), "{text}");
     // Standard: errors inside a 200, no data for an invalid document, partial data otherwise.

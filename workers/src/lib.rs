@@ -4,8 +4,8 @@
 pub mod agents;
 pub mod bgtask;
 pub mod handlers;
-pub mod idle;
 pub mod idempotency;
+pub mod idle;
 pub mod runtime;
 pub mod scheduling;
 pub mod sessions;

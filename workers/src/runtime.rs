@@ -147,13 +147,19 @@ pub async fn run_command_loop(
         }
         sleep_or_cancel(&shutdown, &mut backoff_ms).await;
     }
-    tracing::info!(in_flight = tasks.len(), "worker stopping: waiting for in-flight commands");
+    tracing::info!(
+        in_flight = tasks.len(),
+        "worker stopping: waiting for in-flight commands"
+    );
     let drained = tokio::time::timeout(opts.shutdown_grace, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = tasks.len(), "grace period over; unfinished commands will be redelivered");
+        tracing::warn!(
+            left = tasks.len(),
+            "grace period over; unfinished commands will be redelivered"
+        );
         tasks.abort_all();
     }
     Ok(())
@@ -181,7 +187,14 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
         tracing::error!(subject = %msg.subject, deliveries, "command exceeded its delivery bound; terminating it");
         settle(&msg, AckKind::Term).await;
         ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
-        fail_event(ctx, id, msg.subject.as_str(), "exceeded the maximum number of deliveries", deliveries).await;
+        fail_event(
+            ctx,
+            id,
+            msg.subject.as_str(),
+            "exceeded the maximum number of deliveries",
+            deliveries,
+        )
+        .await;
         return;
     }
     let env = match Envelope::<Command>::from_slice(&msg.payload) {
@@ -219,7 +232,14 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
             settle(&msg, AckKind::Term).await;
             ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
             fail_event(ctx, env.id, &env.kind, &e.to_string(), deliveries).await;
-            send_reply(ctx, &env, &CommandReply::Failed { error: e.to_string() }).await;
+            send_reply(
+                ctx,
+                &env,
+                &CommandReply::Failed {
+                    error: e.to_string(),
+                },
+            )
+            .await;
         }
     }
 }

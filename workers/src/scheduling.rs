@@ -127,7 +127,9 @@ where
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "tick could not list scaling groups"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "tick could not list scaling groups")
+            }
         }
     }
 }

@@ -121,7 +121,10 @@ pub async fn execute(
                 );
             }
             if !e.path.is_empty() {
-                o.insert("path".into(), serde_json::to_value(&e.path).unwrap_or(Value::Null));
+                o.insert(
+                    "path".into(),
+                    serde_json::to_value(&e.path).unwrap_or(Value::Null),
+                );
             }
             Value::Object(o)
         })

@@ -117,7 +117,10 @@ async fn run(ctx: &Context<'_>, op: AdminOp, allowed: &[UserRole]) -> GqlResult<
     let outcome = rc
         .state
         .bus
-        .publish_command(Command::Admin(Box::new(AdminCommand { caller, op })), deadline)
+        .publish_command(
+            Command::Admin(Box::new(AdminCommand { caller, op })),
+            deadline,
+        )
         .await
         .map_err(|e| gql_err(ApiError::from(e)))?;
     match outcome {

@@ -13,7 +13,10 @@ pub mod manager;
 use crate::runtime::{HandlerError, WorkerContext};
 
 /// Routes a command to its handler.
-pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Result<CommandReply, HandlerError> {
+pub async fn dispatch(
+    ctx: &Arc<WorkerContext>,
+    env: &Envelope<Command>,
+) -> Result<CommandReply, HandlerError> {
     match &env.body {
         Command::Echo {
             payload,
@@ -25,7 +28,9 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
             }
             echo(ctx, env, payload, *fail).await
         }
-        Command::Noop => Ok(CommandReply::Ok { result: json!(null) }),
+        Command::Noop => Ok(CommandReply::Ok {
+            result: json!(null),
+        }),
         Command::RequestSchedule { scaling_group } => {
             let queued = ctx
                 .bus
@@ -46,7 +51,9 @@ pub async fn dispatch(ctx: &Arc<WorkerContext>, env: &Envelope<Command>) -> Resu
             reason,
         } => crate::sessions::destroy(ctx, *session_id, *forced, reason).await,
         Command::StartSession { session_id } => crate::sessions::start(ctx, *session_id).await,
-        Command::RestartSession { session_id } => crate::sessions::restart::restart(ctx, env, *session_id).await,
+        Command::RestartSession { session_id } => {
+            crate::sessions::restart::restart(ctx, env, *session_id).await
+        }
         Command::SetManagerStatus { .. }
         | Command::SetAnnouncement { .. }
         | Command::EtcdPut { .. }

@@ -20,7 +20,9 @@ use bai_events::session::SessionSpec;
 use bai_events::{Command, CommandReply, Envelope, Event};
 
 use crate::agents::derived_id;
-use crate::agents::kernels::{check_session_terminated, recalc_agent_occupancy, recalc_concurrency_used};
+use crate::agents::kernels::{
+    check_session_terminated, recalc_agent_occupancy, recalc_concurrency_used,
+};
 use crate::idempotency::run_once;
 use crate::runtime::{HandlerError, WorkerContext};
 
@@ -49,7 +51,11 @@ fn rejected(status: u16, slug: &str, title: &str, msg: Option<String>) -> Comman
 
 /// `create_session`: inserts every kernel of the session in one transaction (the original
 /// inserted them one by one and raced with the scheduler), then announces it.
-pub async fn create(ctx: &Arc<WorkerContext>, env: &Envelope<Command>, spec: &SessionSpec) -> Result<CommandReply, HandlerError> {
+pub async fn create(
+    ctx: &Arc<WorkerContext>,
+    env: &Envelope<Command>,
+    spec: &SessionSpec,
+) -> Result<CommandReply, HandlerError> {
     let s = Arc::new(spec.clone());
     let s2 = s.clone();
     let res = run_once(&ctx.db, env.id, "create_session", move |txn| {
@@ -332,14 +338,21 @@ pub async fn destroy(
         let calls = plan.rpc.iter().map(|(kid, agent)| {
             let rpc = rpc.clone();
             async move {
-                if let Err(e) = rpc.destroy_kernel(agent, *kid, Some("user-requested"), false).await {
+                if let Err(e) = rpc
+                    .destroy_kernel(agent, *kid, Some("user-requested"), false)
+                    .await
+                {
                     tracing::warn!(error = %e, kernel = %kid, agent, "destroy_kernel failed");
                 }
             }
         });
         futures::future::join_all(calls).await;
     }
-    let status = if plan.session_cancelled { "cancelled" } else { "terminated" };
+    let status = if plan.session_cancelled {
+        "cancelled"
+    } else {
+        "terminated"
+    };
     Ok(CommandReply::Ok {
         result: json!({"stats": {"status": status}}),
     })
@@ -372,7 +385,10 @@ struct StartRow {
 /// `start_session`: create the PREPARING kernels on their agents (one RPC per agent, all
 /// agents concurrently), then mark them RUNNING; any failure cancels the whole session
 /// with `failed-to-start`, releases its slots and never blocks other sessions (#388).
-pub async fn start(ctx: &Arc<WorkerContext>, session_id: Uuid) -> Result<CommandReply, HandlerError> {
+pub async fn start(
+    ctx: &Arc<WorkerContext>,
+    session_id: Uuid,
+) -> Result<CommandReply, HandlerError> {
     let rows: Vec<StartRow> = sqlx::query_as(
         "SELECT id, status::text AS status, agent, session_name, session_creation_id, \
          session_type::text AS session_type, cluster_mode, cluster_size, cluster_role, cluster_idx, \
@@ -384,14 +400,20 @@ pub async fn start(ctx: &Arc<WorkerContext>, session_id: Uuid) -> Result<Command
     .fetch_all(ctx.db.pool())
     .await
     .map_err(|e| HandlerError::Transient(e.into()))?;
-    if rows.is_empty() || !rows.iter().any(|r| r.status == "PREPARING" || r.status == "PULLING") {
+    if rows.is_empty()
+        || !rows
+            .iter()
+            .any(|r| r.status == "PREPARING" || r.status == "PULLING")
+    {
         // Already started, cancelled or gone: a redelivery, nothing to do.
         return Ok(CommandReply::Ok {
             result: json!({"skipped": true}),
         });
     }
     let Some(rpc) = ctx.agent_rpc.clone() else {
-        return Err(HandlerError::Transient(anyhow::anyhow!("this worker has no agent RPC client")));
+        return Err(HandlerError::Transient(anyhow::anyhow!(
+            "this worker has no agent RPC client"
+        )));
     };
     let creation_id = rows[0].session_creation_id.clone().unwrap_or_default();
     let mut replicas: BTreeMap<String, u32> = BTreeMap::new();
@@ -406,54 +428,73 @@ pub async fn start(ctx: &Arc<WorkerContext>, session_id: Uuid) -> Result<Command
         network_name: None,
         ssh_keypair: None,
     };
-    let mut per_agent: BTreeMap<String, Vec<bai_agent_proto::messages::KernelConfig>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.status == "PREPARING" || r.status == "PULLING") {
-        let Some(agent) = r.agent.clone() else { continue };
+    let mut per_agent: BTreeMap<String, Vec<bai_agent_proto::messages::KernelConfig>> =
+        BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.status == "PREPARING" || r.status == "PULLING")
+    {
+        let Some(agent) = r.agent.clone() else {
+            continue;
+        };
         let environ = r
             .environ
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         let resource_slots = r
             .occupied_slots
             .as_object()
             .map(|o| {
                 o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        per_agent.entry(agent).or_default().push(bai_agent_proto::messages::KernelConfig {
-            kernel_id: r.id,
-            image: bai_agent_proto::messages::ImageRef {
-                canonical: r.image.clone().unwrap_or_default(),
-                registry: None,
-                digest: None,
-                labels: BTreeMap::new(),
-            },
-            session_type: r.session_type.to_lowercase(),
-            cluster_role: r.cluster_role.clone(),
-            cluster_idx: r.cluster_idx.max(0) as u32,
-            cluster_hostname: Some(r.cluster_hostname.clone()),
-            resource_slots,
-            resource_opts: r.resource_opts.clone().unwrap_or(Value::Null),
-            environ,
-            mounts: Vec::new(),
-            mount_map: r.mount_map.clone().unwrap_or(Value::Null),
-            bootstrap_script: r.bootstrap_script.clone(),
-            startup_command: r.startup_command.clone(),
-            internal_data: r.internal_data.clone().unwrap_or(Value::Null),
-            preopen_ports: r
-                .preopen_ports
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|p| u16::try_from(p).ok())
-                .collect(),
-            idle_timeout: None,
-        });
+        per_agent
+            .entry(agent)
+            .or_default()
+            .push(bai_agent_proto::messages::KernelConfig {
+                kernel_id: r.id,
+                image: bai_agent_proto::messages::ImageRef {
+                    canonical: r.image.clone().unwrap_or_default(),
+                    registry: None,
+                    digest: None,
+                    labels: BTreeMap::new(),
+                },
+                session_type: r.session_type.to_lowercase(),
+                cluster_role: r.cluster_role.clone(),
+                cluster_idx: r.cluster_idx.max(0) as u32,
+                cluster_hostname: Some(r.cluster_hostname.clone()),
+                resource_slots,
+                resource_opts: r.resource_opts.clone().unwrap_or(Value::Null),
+                environ,
+                mounts: Vec::new(),
+                mount_map: r.mount_map.clone().unwrap_or(Value::Null),
+                bootstrap_script: r.bootstrap_script.clone(),
+                startup_command: r.startup_command.clone(),
+                internal_data: r.internal_data.clone().unwrap_or(Value::Null),
+                preopen_ports: r
+                    .preopen_ports
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| u16::try_from(p).ok())
+                    .collect(),
+                idle_timeout: None,
+            });
     }
     let session_name = rows[0].session_name.clone();
     let calls = per_agent.into_iter().map(|(agent, kernels)| {

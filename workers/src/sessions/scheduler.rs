@@ -48,7 +48,12 @@ impl PassRunner for SessionScheduler {
             let n = schedule(&self.ctx, scaling_group).await?;
             let m = prepare(&self.ctx, scaling_group).await?;
             if n > 0 || m > 0 {
-                tracing::debug!(scaling_group, scheduled = n, prepared = m, "scheduling pass");
+                tracing::debug!(
+                    scaling_group,
+                    scheduled = n,
+                    prepared = m,
+                    "scheduling pass"
+                );
             }
             Ok(())
         })
@@ -114,14 +119,23 @@ async fn load_config(ctx: &WorkerContext, sg: &str) -> anyhow::Result<SchedConfi
     let (algorithm, opts) = row.unwrap_or_else(|| ("fifo".into(), json!({})));
     let mut skip = 0;
     if let Some(etcd) = &ctx.etcd {
-        if let Ok(Some(v)) = etcd.get(&format!("config/plugins/scheduler/{algorithm}/num_retries_to_skip")).await {
+        if let Ok(Some(v)) = etcd
+            .get(&format!(
+                "config/plugins/scheduler/{algorithm}/num_retries_to_skip"
+            ))
+            .await
+        {
             skip = v.trim().parse::<i64>().unwrap_or(0).max(0);
         }
     }
     let selection = opts
         .get("agent_selection")
         .and_then(Value::as_str)
-        .unwrap_or(if algorithm == "mof" { "dispersed" } else { "packed" })
+        .unwrap_or(if algorithm == "mof" {
+            "dispersed"
+        } else {
+            "packed"
+        })
         .to_string();
     Ok(SchedConfig {
         algorithm,
@@ -169,7 +183,19 @@ struct BatchOutcome {
     stop: bool,
 }
 
-type Row = (Uuid, Option<String>, Option<String>, String, Uuid, String, String, Option<DateTime<Utc>>, Option<Value>, Option<DateTime<Utc>>, Value);
+type Row = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    String,
+    Uuid,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    Option<Value>,
+    Option<DateTime<Utc>>,
+    Value,
+);
 
 async fn schedule_batch(
     txn: &mut bai_core::Txn,
@@ -204,8 +230,12 @@ async fn schedule_batch(
         let mut ks = Vec::new();
         let mut requested = ResourceSlot::new();
         for pair in kernels.as_array().into_iter().flatten() {
-            let id = pair.get(0).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
-            let slots = ResourceSlot::from_json(pair.get(1).unwrap_or(&Value::Null)).unwrap_or_default();
+            let id = pair
+                .get(0)
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok());
+            let slots =
+                ResourceSlot::from_json(pair.get(1).unwrap_or(&Value::Null)).unwrap_or_default();
             if let Some(id) = id {
                 requested = requested.add(&slots);
                 ks.push((id, slots));
@@ -240,10 +270,28 @@ async fn schedule_batch(
     }
 
     // --- aggregate reads for the whole batch ---
-    let keys: Vec<String> = pending.iter().map(|p| p.access_key.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let groups: Vec<Uuid> = pending.iter().map(|p| p.group_id).collect::<BTreeSet<_>>().into_iter().collect();
-    let domains: Vec<String> = pending.iter().map(|p| p.domain_name.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let occupying: Vec<String> = USER_RESOURCE_OCCUPYING.iter().map(|s| s.to_string()).collect();
+    let keys: Vec<String> = pending
+        .iter()
+        .map(|p| p.access_key.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let groups: Vec<Uuid> = pending
+        .iter()
+        .map(|p| p.group_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let domains: Vec<String> = pending
+        .iter()
+        .map(|p| p.domain_name.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let occupying: Vec<String> = USER_RESOURCE_OCCUPYING
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
 
     let mut policies: HashMap<String, Policy> = HashMap::new();
     let prow: Vec<(String, Value, String, i32, i32)> = sqlx::query_as(
@@ -276,12 +324,33 @@ async fn schedule_batch(
     .await?
     .into_iter()
     .collect();
-    let mut key_occ = occupancy_by(&mut *txn, "access_key", "access_key = ANY($1)", &keys, &occupying).await?;
+    let mut key_occ = occupancy_by(
+        &mut *txn,
+        "access_key",
+        "access_key = ANY($1)",
+        &keys,
+        &occupying,
+    )
+    .await?;
     let mut group_occ: HashMap<String, ResourceSlot> = {
         let g: Vec<String> = groups.iter().map(Uuid::to_string).collect();
-        occupancy_by(&mut *txn, "group_id::text", "group_id::text = ANY($1)", &g, &occupying).await?
+        occupancy_by(
+            &mut *txn,
+            "group_id::text",
+            "group_id::text = ANY($1)",
+            &g,
+            &occupying,
+        )
+        .await?
     };
-    let mut domain_occ = occupancy_by(&mut *txn, "domain_name", "domain_name = ANY($1)", &domains, &occupying).await?;
+    let mut domain_occ = occupancy_by(
+        &mut *txn,
+        "domain_name",
+        "domain_name = ANY($1)",
+        &domains,
+        &occupying,
+    )
+    .await?;
     let group_limits: HashMap<String, ResourceSlot> = sqlx::query_as::<_, (Uuid, Option<Value>)>(
         "SELECT id, total_resource_slots FROM groups WHERE id = ANY($1)",
     )
@@ -289,17 +358,28 @@ async fn schedule_batch(
     .fetch_all(&mut **txn)
     .await?
     .into_iter()
-    .map(|(id, v)| (id.to_string(), ResourceSlot::from_json(&v.unwrap_or(Value::Null)).unwrap_or_default()))
+    .map(|(id, v)| {
+        (
+            id.to_string(),
+            ResourceSlot::from_json(&v.unwrap_or(Value::Null)).unwrap_or_default(),
+        )
+    })
     .collect();
-    let domain_limits: HashMap<String, ResourceSlot> = sqlx::query_as::<_, (String, Option<Value>)>(
-        "SELECT name, total_resource_slots FROM domains WHERE name = ANY($1)",
-    )
-    .bind(&domains)
-    .fetch_all(&mut **txn)
-    .await?
-    .into_iter()
-    .map(|(n, v)| (n, ResourceSlot::from_json(&v.unwrap_or(Value::Null)).unwrap_or_default()))
-    .collect();
+    let domain_limits: HashMap<String, ResourceSlot> =
+        sqlx::query_as::<_, (String, Option<Value>)>(
+            "SELECT name, total_resource_slots FROM domains WHERE name = ANY($1)",
+        )
+        .bind(&domains)
+        .fetch_all(&mut **txn)
+        .await?
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                ResourceSlot::from_json(&v.unwrap_or(Value::Null)).unwrap_or_default(),
+            )
+        })
+        .collect();
     // Scaling groups allowed through the domain, the group or the keypair (active only).
     let allowed: BTreeSet<(String, String)> = sqlx::query_as::<_, (String, String)>(
         "SELECT 'd:' || d.domain, d.scaling_group FROM sgroups_for_domains d JOIN scaling_groups s ON s.name = d.scaling_group \
@@ -383,7 +463,10 @@ async fn schedule_batch(
         check(
             "concurrency",
             if used >= policy.max_sessions {
-                Err(format!("You cannot run more than {} concurrent sessions", policy.max_sessions))
+                Err(format!(
+                    "You cannot run more than {} concurrent sessions",
+                    policy.max_sessions
+                ))
             } else {
                 Ok(())
             },
@@ -391,7 +474,11 @@ async fn schedule_batch(
         check(
             "dependencies",
             match deps.get(&p.session_id) {
-                Some(list) if list.iter().any(|(st, res)| st != "TERMINATED" || res == "FAILURE") => {
+                Some(list)
+                    if list
+                        .iter()
+                        .any(|(st, res)| st != "TERMINATED" || res == "FAILURE") =>
+                {
                     Err("Waiting for dependency sessions to finish successfully".into())
                 }
                 _ => Ok(()),
@@ -401,9 +488,19 @@ async fn schedule_batch(
         check(
             "keypair_resource_limit",
             if p.kernels.len() as i64 > policy.max_containers {
-                Err(format!("You cannot create session with more than {} containers.", policy.max_containers))
-            } else if !within(&kocc.add(&p.requested), &policy.total, policy.unlimited_default) {
-                Err(format!("Your keypair resource quota is exceeded. ({})", humanize(&policy.total)))
+                Err(format!(
+                    "You cannot create session with more than {} containers.",
+                    policy.max_containers
+                ))
+            } else if !within(
+                &kocc.add(&p.requested),
+                &policy.total,
+                policy.unlimited_default,
+            ) {
+                Err(format!(
+                    "Your keypair resource quota is exceeded. ({})",
+                    humanize(&policy.total)
+                ))
             } else {
                 Ok(())
             },
@@ -416,32 +513,52 @@ async fn schedule_batch(
             if within(&gocc.add(&p.requested), &glimit, true) {
                 Ok(())
             } else {
-                Err(format!("Your group resource quota is exceeded. ({})", humanize(&glimit)))
+                Err(format!(
+                    "Your group resource quota is exceeded. ({})",
+                    humanize(&glimit)
+                ))
             },
         );
-        let dlimit = domain_limits.get(&p.domain_name).cloned().unwrap_or_default();
+        let dlimit = domain_limits
+            .get(&p.domain_name)
+            .cloned()
+            .unwrap_or_default();
         let docc = domain_occ.get(&p.domain_name).cloned().unwrap_or_default();
         check(
             "domain_resource_limit",
             if within(&docc.add(&p.requested), &dlimit, true) {
                 Ok(())
             } else {
-                Err(format!("Your domain resource quota is exceeded. ({})", humanize(&dlimit)))
+                Err(format!(
+                    "Your domain resource quota is exceeded. ({})",
+                    humanize(&dlimit)
+                ))
             },
         );
-        let allowed_here = [format!("d:{}", p.domain_name), format!("g:{}", p.group_id), format!("k:{}", p.access_key)]
-            .iter()
-            .any(|scope| allowed.contains(&(scope.clone(), sg.to_string())));
+        let allowed_here = [
+            format!("d:{}", p.domain_name),
+            format!("g:{}", p.group_id),
+            format!("k:{}", p.access_key),
+        ]
+        .iter()
+        .any(|scope| allowed.contains(&(scope.clone(), sg.to_string())));
         check(
             "scaling_group_resource_limit",
             if allowed_here {
                 Ok(())
             } else {
-                Err(format!("The given preferred scaling group is not allowed to use. ({sg})"))
+                Err(format!(
+                    "The given preferred scaling group is not allowed to use. ({sg})"
+                ))
             },
         );
         if !failed.is_empty() {
-            bookkeeping.push((p.session_id, "predicate-checks-failed".into(), json!(failed), json!(passed)));
+            bookkeeping.push((
+                p.session_id,
+                "predicate-checks-failed".into(),
+                json!(failed),
+                json!(passed),
+            ));
             continue;
         }
         // --- placement ---
@@ -451,7 +568,12 @@ async fn schedule_batch(
             place_single(&agents, &p.requested, &cfg.selection).map(|a| vec![a; p.kernels.len()])
         };
         let Some(chosen) = chosen else {
-            bookkeeping.push((p.session_id, "no-available-instances".into(), json!([]), json!(passed)));
+            bookkeeping.push((
+                p.session_id,
+                "no-available-instances".into(),
+                json!([]),
+                json!(passed),
+            ));
             // Strict FIFO keeps the order: nothing behind a head that does not fit may pass.
             // With num_retries_to_skip > 0 (or other algorithms) the pass goes on, so a big
             // session cannot block smaller ones (head-of-line blocking, #415).
@@ -493,11 +615,21 @@ async fn schedule_batch(
         .bind(&addrs)
         .execute(&mut **txn)
         .await?;
-        let used: Vec<String> = ags.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let used: Vec<String> = ags
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         recalc_agents_occupancy(txn, &used).await?;
         let touched: BTreeSet<&String> = scheduled
             .iter()
-            .filter_map(|(sid, _)| pending.iter().find(|p| p.session_id == *sid).map(|p| &p.access_key))
+            .filter_map(|(sid, _)| {
+                pending
+                    .iter()
+                    .find(|p| p.session_id == *sid)
+                    .map(|p| &p.access_key)
+            })
             .collect();
         for ak in touched {
             recalc_concurrency_used(txn, ak).await?;
@@ -544,7 +676,10 @@ async fn recalc_agents_occupancy(txn: &mut bai_core::Txn, agents: &[String]) -> 
     .bind(&occupying)
     .fetch_all(&mut **txn)
     .await?;
-    let mut sums: HashMap<&str, ResourceSlot> = agents.iter().map(|a| (a.as_str(), ResourceSlot::new())).collect();
+    let mut sums: HashMap<&str, ResourceSlot> = agents
+        .iter()
+        .map(|a| (a.as_str(), ResourceSlot::new()))
+        .collect();
     for (agent, slots) in &rows {
         if let Some(e) = sums.get_mut(agent.as_str()) {
             *e = e.add(&ResourceSlot::from_json(slots).unwrap_or_default());
@@ -575,7 +710,11 @@ async fn occupancy_by(
         "SELECT {key_expr}, e.key, sum(e.value::numeric)::text FROM kernels, jsonb_each_text(occupied_slots) e \
          WHERE {filter} AND status::text = ANY($2) GROUP BY 1, 2"
     );
-    let rows: Vec<(String, String, String)> = sqlx::query_as(&sql).bind(keys).bind(occupying).fetch_all(&mut **txn).await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(&sql)
+        .bind(keys)
+        .bind(occupying)
+        .fetch_all(&mut **txn)
+        .await?;
     let mut out: HashMap<String, ResourceSlot> = HashMap::new();
     for (k, slot, total) in rows {
         if let Ok(d) = total.parse::<Decimal>() {
@@ -606,7 +745,12 @@ fn pick_order(pending: &[Pending], cfg: &SchedConfig) -> Vec<usize> {
     match cfg.algorithm.as_str() {
         "fifo" if cfg.num_retries_to_skip > 0 => {
             // Sessions that failed often go last, so they cannot hold the head (#415).
-            idx.sort_by_key(|&i| (pending[i].retries >= cfg.num_retries_to_skip, pending[i].created_at));
+            idx.sort_by_key(|&i| {
+                (
+                    pending[i].retries >= cfg.num_retries_to_skip,
+                    pending[i].created_at,
+                )
+            });
         }
         "drf" => {
             // Fewest sessions already picked per user first, oldest first within a user: an
@@ -672,7 +816,11 @@ fn place_single(agents: &[AgentCap], req: &ResourceSlot, selection: &str) -> Opt
 
 /// Each kernel on its own agent when possible (a multi-node session spreads out), all in
 /// one decision so either every kernel is placed or none.
-fn place_multi(agents: &[AgentCap], kernels: &[(Uuid, ResourceSlot)], selection: &str) -> Option<Vec<usize>> {
+fn place_multi(
+    agents: &[AgentCap],
+    kernels: &[(Uuid, ResourceSlot)],
+    selection: &str,
+) -> Option<Vec<usize>> {
     let mut trial: Vec<AgentCap> = agents.to_vec();
     let mut used: BTreeSet<usize> = BTreeSet::new();
     let mut out = Vec::new();
@@ -689,7 +837,8 @@ fn place_multi(agents: &[AgentCap], kernels: &[(Uuid, ResourceSlot)], selection:
                 a
             })
             .collect();
-        let pick = place_single(&fresh, req, selection).or_else(|| place_single(&trial, req, selection))?;
+        let pick = place_single(&fresh, req, selection)
+            .or_else(|| place_single(&trial, req, selection))?;
         trial[pick].take(req);
         used.insert(pick);
         out.push(pick);
@@ -741,9 +890,14 @@ pub async fn prepare(ctx: &Arc<WorkerContext>, sg: &str) -> anyhow::Result<usize
         .await;
         // Derived id: a re-claim within the duplicate window is stored once.
         let env = Envelope::new(
-            derived_id(*session_id, &format!("start-{}", Utc::now().timestamp() / 120)),
+            derived_id(
+                *session_id,
+                &format!("start-{}", Utc::now().timestamp() / 120),
+            ),
             ctx.bus.originator().to_string(),
-            Command::StartSession { session_id: *session_id },
+            Command::StartSession {
+                session_id: *session_id,
+            },
         );
         if let Err(e) = ctx.bus.enqueue_command(&env).await {
             tracing::warn!(error = %e, %session_id, "could not enqueue start_session; the sweep will retry");
