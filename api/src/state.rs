@@ -33,13 +33,13 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 auth: crate::auth::AuthRuntime::from_config(&config),
+                streams: crate::routes::events::StreamHub::new(&bus),
                 config,
                 db,
                 redis,
                 etcd,
                 bus,
                 agent_rpc: None,
-                streams: Default::default(),
             }),
         }
     }

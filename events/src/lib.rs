@@ -21,5 +21,5 @@ pub use bus::{Bus, BusError, BusOptions};
 pub use command::{Command, CommandOutcome, CommandReply};
 pub use envelope::{Envelope, Kind};
 pub use event::Event;
-pub use feed::{EventFeed, FeedItem, FeedOptions, FeedStart};
+pub use feed::{EventFeed, EventHub, FeedItem, FeedOptions, FeedStart, HubOptions, Subscription};
 pub use subjects::Subjects;

@@ -1559,7 +1559,11 @@ async fn official_client_prints_session_events() {
         use tokio::io::AsyncReadExt;
         let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_end(&mut err)).await;
     }
-    let text = format!("{}\n--- stderr:\n{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    let text = format!(
+        "{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
     // `click.style(name)` (ANSI codes) then the data's Python repr.
     let plain: String = text
         .split('\u{1b}')
@@ -1581,4 +1585,227 @@ async fn official_client_prints_session_events() {
         plain.contains("session_terminated {'reason': 'user-requested'"),
         "{text}"
     );
+}
+
+// ------------------------------------------------------------------ the hub itself
+
+/// A subscriber that falls far behind (its channel holds 4 events) is dropped from the
+/// hub's routing and catches up from the stream: every event, in order, once; and a
+/// subscription resumed after a sequence starts right after it.
+#[tokio::test]
+async fn hub_subscribers_catch_up_after_lagging() {
+    let tb = bai_tests::TestBus::new(Default::default()).await;
+    let hub = bai_events::EventHub::new(
+        tb.bus.clone(),
+        bai_events::HubOptions {
+            channel_capacity: 4,
+            ..Default::default()
+        },
+    );
+    let key = Uuid::new_v4();
+    let mut one = hub
+        .subscribe(Some(key), bai_events::FeedStart::New)
+        .await
+        .unwrap();
+    let mut all = hub
+        .subscribe(None, bai_events::FeedStart::New)
+        .await
+        .unwrap();
+    let mut mine = Vec::new();
+    let mut every = Vec::new();
+    for i in 0..60 {
+        let ev = if i % 3 == 0 {
+            enqueued(Uuid::new_v4())
+        } else {
+            enqueued(key)
+        };
+        let seq = tb.bus.publish_event(ev).await.unwrap();
+        if i % 3 != 0 {
+            mine.push(seq);
+        }
+        every.push(seq);
+    }
+    // Nobody read while 60 events went by: both lagged long ago.
+    let mut got = Vec::new();
+    while got.len() < mine.len() {
+        let item = tokio::time::timeout(TIMEOUT, one.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(item.sequence);
+    }
+    assert_eq!(got, mine);
+    let mut got = Vec::new();
+    while got.len() < every.len() {
+        let item = tokio::time::timeout(Duration::from_secs(5), all.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {got:?} of {every:?}"))
+            .unwrap()
+            .unwrap();
+        got.push(item.sequence);
+    }
+    assert_eq!(got, every);
+    // Live again after catching up.
+    let seq = tb.bus.publish_event(enqueued(key)).await.unwrap();
+    let item = tokio::time::timeout(TIMEOUT, one.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.sequence, seq);
+    mine.push(seq);
+    // Resume after the 10th of mine.
+    let mut resumed = hub
+        .subscribe(Some(key), bai_events::FeedStart::After(mine[9]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < mine.len() - 10 {
+        let item = tokio::time::timeout(TIMEOUT, resumed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(item.sequence);
+    }
+    assert_eq!(got, mine[10..]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), resumed.next())
+            .await
+            .is_err()
+    );
+}
+
+/// A task longer than `ack_wait` is not handed to a second worker while it runs (the
+/// runtime extends the command), and a task whose worker dies mid-way is run again by
+/// another worker after `ack_wait`, to completion.
+#[tokio::test]
+async fn background_tasks_outlive_ack_wait_and_their_worker() {
+    use std::sync::Arc;
+    let db = bai_tests::TestDb::new().await;
+    let tb = bai_tests::TestBus::new(bai_events::BusOptions {
+        ack_wait: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let redis = bai_core::redis::connect(&db.config.redis, TIMEOUT)
+        .await
+        .unwrap();
+    let worker = |name: &'static str| {
+        let db = db.db.clone();
+        let redis = redis.clone();
+        let tb = &tb;
+        async move {
+            let ctx = Arc::new(bai_workers::WorkerContext {
+                db,
+                bus: tb.peer(name).await,
+                etcd: None,
+                redis: Some(redis),
+                agent_rpc: None,
+                metrics: Arc::default(),
+            });
+            let stop = tokio_util::sync::CancellationToken::new();
+            let opts = bai_workers::WorkerOptions {
+                concurrency: 4,
+                shutdown_grace: Duration::ZERO,
+            };
+            tokio::spawn(bai_workers::run_command_loop(ctx, opts, stop.clone()));
+            stop
+        }
+    };
+    let hub = bai_events::EventHub::new(tb.bus.clone(), Default::default());
+    let updates = |task: Uuid| {
+        let hub = hub.clone();
+        async move {
+            hub.subscribe(Some(task), bai_events::FeedStart::All)
+                .await
+                .unwrap()
+        }
+    };
+    let hash = |task: Uuid| {
+        let redis = redis.clone();
+        async move {
+            let mut conn = redis.get().await.unwrap();
+            redis::cmd("HGETALL")
+                .arg(keys::bgtask_key(task))
+                .query_async::<std::collections::HashMap<String, String>>(&mut *conn)
+                .await
+                .unwrap()
+        }
+    };
+    let start = |task: Uuid, params: Value| {
+        let bus = tb.bus.clone();
+        async move {
+            bus.publish_command_with_id(
+                task,
+                None,
+                Command::StartBackgroundTask {
+                    task_id: task,
+                    kind: bgtask::KIND_PROBE.into(),
+                    params,
+                },
+                TIMEOUT,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let cleanup: Vec<Uuid> = vec![Uuid::new_v4(), Uuid::new_v4()];
+
+    // 1. Three steps of 2 s on one worker, ack_wait 2 s: run once (3 updates, 1 outcome).
+    let stop_a = worker("worker-a").await;
+    let long = cleanup[0];
+    start(long, json!({"steps": 3, "step_ms": 2000})).await;
+    let mut sub = updates(long).await;
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(item))) = tokio::time::timeout(TIMEOUT, sub.next()).await {
+        seen.push(item.name().to_string());
+        if item.name() != "bgtask_updated" {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "bgtask_updated",
+            "bgtask_updated",
+            "bgtask_updated",
+            "bgtask_done"
+        ]
+    );
+
+    // 2. The worker dies after the first step; another one finishes the task.
+    let crash = cleanup[1];
+    start(crash, json!({"steps": 3, "step_ms": 700})).await;
+    let mut sub = updates(crash).await;
+    let first = tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.name(), "bgtask_updated");
+    stop_a.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hash(crash).await["status"], "started");
+    let stop_b = worker("worker-b").await;
+    let mut last = String::new();
+    while let Ok(Some(Ok(item))) = tokio::time::timeout(TIMEOUT, sub.next()).await {
+        last = item.name().to_string();
+        if last != "bgtask_updated" {
+            break;
+        }
+    }
+    assert_eq!(last, "bgtask_done");
+    let h = hash(crash).await;
+    assert_eq!((h["status"].as_str(), h["current"].as_str()), ("done", "3"));
+    stop_b.cancel();
+    let mut conn = redis.get().await.unwrap();
+    for t in cleanup {
+        let _: () = redis::cmd("DEL")
+            .arg(keys::bgtask_key(t))
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
 }

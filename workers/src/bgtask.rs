@@ -188,7 +188,12 @@ pub async fn run(
     tracing::info!(%task_id, kind, "background task started");
 
     let cancel = CancellationToken::new();
-    let watcher = tokio::spawn(watch_cancel(redis.clone(), task_id, cancel.clone()));
+    // Aborted however this future ends (also when the runtime drops it on shutdown).
+    let watcher = AbortOnDrop(tokio::spawn(watch_cancel(
+        redis.clone(),
+        task_id,
+        cancel.clone(),
+    )));
     let mut progress = Progress {
         ctx: ctx.clone(),
         redis: redis.clone(),
@@ -203,7 +208,7 @@ pub async fn run(
         },
         _ = cancel.cancelled() => (bgtask::STATUS_CANCELLED, String::new()),
     };
-    watcher.abort();
+    drop(watcher);
     tracing::info!(%task_id, kind, status, msg, "background task ended");
     finish(ctx, &redis, &progress, status, msg).await
 }
@@ -255,6 +260,14 @@ async fn finish(
     Ok(CommandReply::Ok {
         result: json!({"task_id": task_id, "status": status, "msg": msg}),
     })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Cancels `cancel` once the task's hash carries the cancellation flag.

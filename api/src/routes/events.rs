@@ -11,19 +11,23 @@
 //! ends with `event: server_close` / `data: {}` after the outcome.
 //!
 //! ## Delivery
-//! Each connection reads the EVENTS stream through its own ordered pull consumer
-//! ([`bai_events::EventFeed`]): filtered on the server to `<p>.evt.*.<id>` when the session
-//! or task id is known, else `<p>.evt.>` with filtering here. A `Last-Event-ID` header
-//! resumes right after that sequence, so a client that reconnects with it misses nothing
-//! (within the stream's retention) and sees nothing twice.
+//! Connections read through the process's [`EventHub`]: one ordered consumer over the
+//! whole EVENTS stream that routes each event by the session/task id in its subject to
+//! the connections about that id (and to the `*` connections, filtered here). The SSE
+//! `id:` is the JetStream stream sequence; a `Last-Event-ID` header replays from right
+//! after it, reading the stored events of that id (`<p>.evt.*.<id>`, or `<p>.evt.>`) up
+//! to the hub's position before switching to the hub, so a client that reconnects with it
+//! misses nothing (within the stream's retention) and sees nothing twice.
 //!
 //! ## Cost and backpressure
-//! Per connection: one ephemeral consumer on the server, one pull task and at most one
-//! pull batch (32 events) in this process. The response body is produced only as fast as
-//! the client reads it: a slow client stops its own pulls and never blocks another
-//! connection, the bus or a publisher. Session metadata lookups (name, owner, domain,
-//! group, cluster role of a kernel) go through process-wide caches, so a thousand
-//! subscribers of one session cost one read-only query, not a thousand.
+//! Per connection: a bounded channel of 64 shared (`Arc`) events and the response body,
+//! which is produced only as fast as the client reads it. The hub never waits for a
+//! connection: one that falls 64 events behind is dropped from the routing table and
+//! catches up from the stream by itself, so a slow client never blocks another one, the
+//! hub, the bus or a publisher, and never grows this process's memory. Envelopes are
+//! decoded once per event, and session metadata lookups (name, owner, domain, group,
+//! cluster role of a kernel) go through process-wide caches, so a thousand subscribers of
+//! one session cost one read-only query, not a thousand.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,8 +45,8 @@ use uuid::Uuid;
 
 use bai_core::redis::redis;
 use bai_events::{
-    bgtask, keys, Command, CommandOutcome, CommandReply, Event, EventFeed, FeedItem, FeedOptions,
-    FeedStart,
+    bgtask, keys, Command, CommandOutcome, CommandReply, Event, EventHub, FeedItem, FeedStart,
+    HubOptions, Subscription,
 };
 
 use crate::auth::cache::TtlCache;
@@ -121,30 +125,34 @@ pub struct KernelMeta {
 const META_COLUMNS: &str = "k.id, k.session_id, k.session_name, k.access_key, k.domain_name, \
      k.user_uuid, g.name AS group_name, k.cluster_role, k.cluster_idx";
 
-/// Per-process state of the event streams: the shutdown signal that ends every stream
-/// (so graceful shutdown is not held up by endless responses), the metadata caches and a
-/// gauge of open streams.
+/// Per-process state of the event streams: the event hub every connection reads through
+/// (one consumer on the NATS server for the whole process), the shutdown signal that ends
+/// every stream (so graceful shutdown is not held up by endless responses), the metadata
+/// caches and a gauge of open streams.
 pub struct StreamHub {
+    hub: Arc<EventHub>,
     stop: CancellationToken,
     sessions: TtlCache<Uuid, Arc<KernelMeta>>,
     kernels: TtlCache<Uuid, Arc<KernelMeta>>,
     open: Arc<AtomicUsize>,
-    feed: FeedOptions,
 }
 
-impl Default for StreamHub {
-    fn default() -> Self {
+impl StreamHub {
+    pub fn new(bus: &bai_events::Bus) -> Self {
         Self {
+            hub: EventHub::new(bus.clone(), HubOptions::default()),
             stop: CancellationToken::new(),
             sessions: TtlCache::new(META_TTL),
             kernels: TtlCache::new(META_TTL),
             open: Arc::default(),
-            feed: FeedOptions::default(),
         }
     }
-}
 
-impl StreamHub {
+    /// The process's event hub.
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
     /// Ends every open stream (called when the server starts shutting down).
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
@@ -278,23 +286,17 @@ pub async fn session_events(
         group_name,
         scope: p.scope,
     };
-    let subject = match filter.session_id {
-        Some(id) => state.bus.subjects().events_about(id),
-        None => state.bus.subjects().events_all(),
-    };
     let start = last_event_id(&headers).map_or(FeedStart::New, FeedStart::After);
-    let feed = state
-        .bus
-        .event_feed(subject.clone(), start, &state.streams.feed)
+    let sub = state
+        .streams
+        .hub
+        .subscribe(filter.session_id, start)
         .await?;
     let conn = SessionStream {
         guard: state.streams.guard(),
         stop: state.streams.stop_token(),
         ping: ping_timer(),
-        feed: Some(feed),
-        subject,
-        start,
-        cursor: None,
+        sub,
         errors: 0,
         filter,
         user,
@@ -318,11 +320,8 @@ struct SessionStream {
     state: AppState,
     user: AuthUser,
     filter: SessionFilter,
-    feed: Option<EventFeed>,
-    subject: String,
-    start: FeedStart,
-    /// Stream sequence of the last event examined: where a re-opened feed resumes.
-    cursor: Option<u64>,
+    sub: Subscription,
+    /// Consecutive subscription errors.
     errors: u32,
     ping: tokio::time::Interval,
     stop: CancellationToken,
@@ -334,59 +333,29 @@ impl SessionStream {
     /// The next bytes to send; `None` ends the response.
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
-            let Some(feed) = self.feed.as_mut() else {
-                if !self.reopen().await {
-                    return None;
-                }
-                continue;
-            };
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
-                item = feed.next() => match item {
+                item = self.sub.next() => match item {
                     Some(Ok(item)) => {
                         self.errors = 0;
-                        self.cursor = Some(item.sequence);
                         if let Some(frame) = render(&self.state, &self.user, &self.filter, &item).await {
                             return Some(frame);
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "session event feed failed; re-opening it");
-                        self.feed = None;
+                        self.errors += 1;
+                        tracing::warn!(error = %e, errors = self.errors, "session event subscription failed");
+                        if self.errors >= MAX_FEED_ERRORS {
+                            return None; // the client reconnects
+                        }
+                        tokio::time::sleep(Duration::from_millis(100 << self.errors)).await;
                     }
                     None => return None,
                 },
                 _ = self.ping.tick() => return Some(Bytes::from_static(PING)),
             }
         }
-    }
-
-    /// Re-opens the feed right after the last examined event (bounded attempts).
-    async fn reopen(&mut self) -> bool {
-        while self.errors < MAX_FEED_ERRORS {
-            self.errors += 1;
-            let start = self.cursor.map_or(self.start, FeedStart::After);
-            let opened = self
-                .state
-                .bus
-                .event_feed(self.subject.clone(), start, &self.state.streams.feed)
-                .await;
-            match opened {
-                Ok(f) => {
-                    self.feed = Some(f);
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt = self.errors, "cannot re-open the event feed");
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return false,
-                        _ = tokio::time::sleep(Duration::from_millis(200 << self.errors)) => {}
-                    }
-                }
-            }
-        }
-        false
     }
 }
 
@@ -407,12 +376,9 @@ async fn render(
         "kernel" if !name.starts_with("kernel_") => return None,
         _ => {}
     }
-    let env = match item.decode() {
-        Ok(env) => env,
-        Err(e) => {
-            tracing::debug!(error = %e, subject = %item.subject, "skipping an undecodable event");
-            return None;
-        }
+    let Some(env) = item.event() else {
+        tracing::debug!(subject = %item.subject, "skipping an undecodable event");
+        return None;
     };
     let (session_id, kernel_id, reason) = session_event_parts(&env.body)?;
     if filter.session_id.is_some_and(|s| s != session_id) {
@@ -654,14 +620,7 @@ pub async fn background_task_events(
     // its final status before publishing the outcome, so either the hash already shows
     // the outcome or the feed will deliver it.
     let start = last_event_id(&headers).map_or(FeedStart::New, FeedStart::After);
-    let feed = state
-        .bus
-        .event_feed(
-            state.bus.subjects().events_about(task_id),
-            start,
-            &state.streams.feed,
-        )
-        .await?;
+    let sub = state.streams.hub.subscribe(Some(task_id), start).await?;
     let info = task_info(&state, task_id).await?;
     let Some(status) = info.get("status").cloned() else {
         // The original meant this 404 but answered 500 (an empty Redis map); see CHANGELOG.
@@ -686,14 +645,14 @@ pub async fn background_task_events(
             )),
             Ok(sse_frame(None, "server_close", "{}", None)),
         ];
-        drop(feed);
+        drop(sub);
         drop(guard);
         return Ok(sse_response(Body::from_stream(futures::stream::iter(
             frames,
         ))));
     }
     let conn = TaskStream {
-        feed,
+        sub,
         ping: ping_timer(),
         stop: state.streams.stop_token(),
         closing: false,
@@ -708,7 +667,7 @@ pub async fn background_task_events(
 }
 
 struct TaskStream {
-    feed: EventFeed,
+    sub: Subscription,
     ping: tokio::time::Interval,
     stop: CancellationToken,
     /// The outcome was sent; `server_close` is next.
@@ -732,9 +691,9 @@ impl TaskStream {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
-                item = self.feed.next() => match item {
+                item = self.sub.next() => match item {
                     Some(Ok(item)) => {
-                        let Ok(env) = item.decode() else { continue };
+                        let Some(env) = item.event() else { continue };
                         let (data, terminal) = match &env.body {
                             Event::BgtaskUpdated { task_id, current_progress, total_progress, message } => (
                                 json!({
@@ -814,7 +773,11 @@ pub async fn wait_for_task(
     task_id: Uuid,
     within: Duration,
 ) -> ApiResult<Option<(String, String)>> {
-    let mut feed = state.bus.feed_about(task_id, FeedStart::New).await?;
+    let mut sub = state
+        .streams
+        .hub
+        .subscribe(Some(task_id), FeedStart::New)
+        .await?;
     let check = |info: &std::collections::HashMap<String, String>| {
         info.get("status")
             .filter(|s| bgtask::is_terminal(s))
@@ -824,7 +787,7 @@ pub async fn wait_for_task(
         return Ok(Some(done));
     }
     let outcome = tokio::time::timeout(within, async {
-        while let Some(item) = feed.next().await {
+        while let Some(item) = sub.next().await {
             let Ok(item) = item else { continue };
             if matches!(
                 item.name(),
