@@ -188,27 +188,32 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let cfg = self.config.clone();
-        // Drop runs inside the test's (possibly single-threaded, now blocked) runtime, so the
-        // cleanup uses fresh connections on a helper thread; reusing the test's clients
-        // would deadlock on tasks that live on the blocked runtime. FORCE ends the test's
-        // own connections.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        // FORCE ends the test's own connections.
+        cleanup_on_side_thread(async move {
+            let admin = admin_pool(&cfg).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&admin)
+                .await;
+            admin.close().await;
+        });
+    }
+}
+
+/// Runs async cleanup from a `Drop` impl. Drop runs inside the test's (possibly
+/// single-threaded, now blocked) runtime, so the future runs on a helper thread with a
+/// runtime of its own and must use fresh connections: clients created on the test's
+/// runtime would deadlock on tasks that live there.
+fn cleanup_on_side_thread<F: std::future::Future<Output = ()> + Send>(fut: F) {
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let admin = admin_pool(&cfg).await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&admin)
-                    .await;
-                admin.close().await;
-            });
-        })
-        .join();
-    }
+            {
+                rt.block_on(fut);
+            }
+        });
+    });
 }
 
 /// A bus on private streams (unique prefix), deleted on drop.
@@ -253,16 +258,7 @@ impl TestBus {
 impl Drop for TestBus {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(delete_streams(&prefix));
-        })
-        .join();
+        cleanup_on_side_thread(delete_streams(&prefix));
     }
 }
 
@@ -290,20 +286,11 @@ impl Drop for TestEtcd {
     fn drop(&mut self) {
         let mut cfg = base_config();
         cfg.etcd.namespace = self.namespace.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(etcd) = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await {
-                    let _ = etcd.delete("", true).await;
-                }
-            });
-        })
-        .join();
+        cleanup_on_side_thread(async move {
+            if let Ok(etcd) = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await {
+                let _ = etcd.delete("", true).await;
+            }
+        });
     }
 }
 
@@ -372,24 +359,14 @@ impl Drop for TestRabbit {
         let url = self.url.clone();
         let names = self.names();
         let agents = self.agents.lock().map(|a| a.clone()).unwrap_or_default();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(conn) =
-                    bai_agent_proto::amqp::connect(&url, "test-cleanup", Duration::from_secs(5))
-                        .await
-                {
-                    let _ = bai_agent_proto::amqp::delete_topology(&conn, &names, &agents).await;
-                    let _ = conn.close(200, "bye").await;
-                }
-            });
-        })
-        .join();
+        cleanup_on_side_thread(async move {
+            if let Ok(conn) =
+                bai_agent_proto::amqp::connect(&url, "test-cleanup", Duration::from_secs(5)).await
+            {
+                let _ = bai_agent_proto::amqp::delete_topology(&conn, &names, &agents).await;
+                let _ = conn.close(200, "bye").await;
+            }
+        });
     }
 }
 
