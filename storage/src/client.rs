@@ -179,7 +179,11 @@ impl StorageClient {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn post_unit(&self, path: &str, body: &(dyn erased::Body + Sync)) -> Result<(), StorageError> {
+    async fn post_unit(
+        &self,
+        path: &str,
+        body: &(dyn erased::Body + Sync),
+    ) -> Result<(), StorageError> {
         self.send(reqwest::Method::POST, path, Some(body))
             .await
             .map(|_| ())
@@ -251,7 +255,11 @@ impl StorageClient {
     }
 
     /// `POST /folder/usage`.
-    pub async fn folder_usage(&self, volume: &str, vfid: Uuid) -> Result<FolderUsage, StorageError> {
+    pub async fn folder_usage(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+    ) -> Result<FolderUsage, StorageError> {
         self.post_json(
             "/folder/usage",
             &FolderReq {

@@ -18,7 +18,12 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, msg: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        msg: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -27,7 +32,12 @@ impl ApiError {
         }
     }
     pub fn invalid_path(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, problem::INVALID_PATH, "Invalid path", msg)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            problem::INVALID_PATH,
+            "Invalid path",
+            msg,
+        )
     }
     pub fn invalid_params(msg: impl Into<String>) -> Self {
         Self::new(
@@ -38,7 +48,12 @@ impl ApiError {
         )
     }
     pub fn file_not_found(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, problem::FILE_NOT_FOUND, "File not found", msg)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            problem::FILE_NOT_FOUND,
+            "File not found",
+            msg,
+        )
     }
     pub fn no_such_volume(name: &str) -> Self {
         Self::new(
@@ -57,7 +72,12 @@ impl ApiError {
         )
     }
     pub fn already_exists(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, problem::ALREADY_EXISTS, "Already exists", msg)
+        Self::new(
+            StatusCode::CONFLICT,
+            problem::ALREADY_EXISTS,
+            "Already exists",
+            msg,
+        )
     }
     pub fn quota_exceeded(msg: impl Into<String>) -> Self {
         Self::new(
@@ -68,10 +88,20 @@ impl ApiError {
         )
     }
     pub fn unauthorized(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, problem::UNAUTHORIZED, "Unauthorized", msg)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            problem::UNAUTHORIZED,
+            "Unauthorized",
+            msg,
+        )
     }
     pub fn invalid_token(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, problem::INVALID_TOKEN, "Invalid token", msg)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            problem::INVALID_TOKEN,
+            "Invalid token",
+            msg,
+        )
     }
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(

@@ -100,7 +100,9 @@ pub fn verify_fd(file: &std::fs::File, root: &Path) -> ApiResult<()> {
     let link = format!("/proc/self/fd/{}", file.as_raw_fd());
     match std::fs::read_link(&link) {
         Ok(real) if real.starts_with(root) => Ok(()),
-        Ok(_) => Err(ApiError::invalid_path("the path resolves outside the folder")),
+        Ok(_) => Err(ApiError::invalid_path(
+            "the path resolves outside the folder",
+        )),
         // Without procfs we keep the resolve-time check only.
         Err(_) => Ok(()),
     }
