@@ -61,7 +61,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/download", get(download))
         .layer(tower_http::cors::CorsLayer::permissive().expose_headers(tower_http::cors::Any))
+        // Outside the CORS layer, which answers every OPTIONS itself (as a preflight).
+        .layer(axum::middleware::from_fn(tus_discovery))
         .with_state(state)
+}
+
+/// tus discovery headers on `OPTIONS /upload`.
+async fn tus_discovery(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let is_discovery = req.method() == axum::http::Method::OPTIONS && req.uri().path() == "/upload";
+    let mut resp = next.run(req).await;
+    if is_discovery {
+        tus_headers(resp.headers_mut());
+        let h = resp.headers_mut();
+        h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        h.insert(
+            "tus-extension",
+            HeaderValue::from_static("creation,termination"),
+        );
+    }
+    resp
 }
 
 type St = State<Arc<AppState>>;
