@@ -971,3 +971,38 @@ async fn registers_in_etcd_for_discovery() {
     drop(px);
     drop(px2);
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error type
+fn storage_proxy_config_from_manager_toml_and_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("BAI_STORAGE_PROXY__SECRET", "from-env");
+        jail.set_env(
+            "BAI_STORAGE_PROXY__CLIENT_PUBLIC_URL",
+            "http://files.example:6022",
+        );
+        let cfg =
+            bai_core::Config::load(Some(&bai_tests::workspace_root().join("ops/manager.toml")))
+                .map_err(|e| e.to_string())?;
+        let sp = &cfg.storage_proxy;
+        assert_eq!(sp.secret, "from-env");
+        assert_eq!(sp.client_public_url, "http://files.example:6022");
+        assert_eq!(sp.name, "local");
+        assert_eq!(sp.manager_addr, "127.0.0.1:6021");
+        assert_eq!(sp.volumes["volume1"].backend, "vfs");
+        Ok(())
+    });
+    // An unknown backend is a configuration error, not a start-up surprise.
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "m.toml",
+            "[storage_proxy.volumes.v]\nbackend = \"xfs\"\npath = \"/tmp/x\"\n",
+        )?;
+        let err = bai_core::Config::load(Some(Path::new("m.toml"))).unwrap_err();
+        assert!(
+            err.to_string().contains("storage_proxy.volumes.v.backend"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
