@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options};
 use axum::Router;
 use futures::StreamExt;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -27,6 +27,21 @@ use crate::token::TokenOp;
 use crate::volume::DownloadTarget;
 
 const TUS_VERSION: &str = "1.0.0";
+
+/// RFC 5987 `attr-char`s stay as they are in `filename*`; everything else is %-encoded.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -309,7 +324,7 @@ fn disposition(name: &str) -> HeaderValue {
         .collect::<String>()
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
-    let encoded = utf8_percent_encode(name, NON_ALPHANUMERIC).to_string();
+    let encoded = utf8_percent_encode(name, ATTR_CHAR).to_string();
     HeaderValue::from_str(&format!(
         "attachment;filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
     ))
@@ -348,5 +363,29 @@ async fn download(State(st): St, q: Q) -> ApiResult<Response> {
                 &format!("{name}.zip"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disposition;
+
+    #[test]
+    fn content_disposition_has_ascii_and_utf8_names() {
+        let d = disposition("data.zip");
+        assert_eq!(
+            d,
+            "attachment;filename=\"data.zip\"; filename*=UTF-8''data.zip"
+        );
+        let d = disposition("résumé \"x\".txt");
+        let s = d.to_str().unwrap();
+        assert!(
+            s.starts_with("attachment;filename=\"rsum \\\"x\\\".txt\";"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22.txt"),
+            "{s}"
+        );
     }
 }
