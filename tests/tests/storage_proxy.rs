@@ -343,6 +343,7 @@ async fn manager_routes_end_to_end() {
     c.delete_files(VOL, vfid, &["a".into()], true)
         .await
         .unwrap();
+    assert!(dir_is_empty(&px.volume_root.join(".trash")));
     assert!(c.list_files(VOL, vfid, "").await.unwrap().is_empty());
     assert_proxy_err(
         c.delete_files(VOL, vfid, &["".into()], true)
