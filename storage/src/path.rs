@@ -120,27 +120,6 @@ pub fn open_confined(path: &Path, root: &Path) -> ApiResult<std::fs::File> {
     Ok(f)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lexical() {
-        assert_eq!(normalize("a/./b/../c").unwrap(), PathBuf::from("a/c"));
-        assert_eq!(normalize("").unwrap(), PathBuf::new());
-        assert_eq!(normalize(".").unwrap(), PathBuf::new());
-        assert!(normalize("../x").is_err());
-        assert!(normalize("a/../../x").is_err());
-        assert!(normalize("/etc/passwd").is_err());
-        assert!(normalize("a\0b").is_err());
-        assert!(single_name("x.txt").is_ok());
-        assert!(single_name("a/b").is_err());
-        assert!(single_name("..").is_err());
-        assert!(single_name(".").is_err());
-        assert!(single_name("").is_err());
-    }
-}
-
 /// A directory opened and verified to lie under the folder root. Operations relative to its
 /// descriptor (`*at` calls) cannot be redirected by a symlink swapped into the path later.
 pub struct PinnedDir {
@@ -258,5 +237,26 @@ impl PinnedDir {
             unsafe { libc::renameat(self.fd(), a.as_ptr(), to.fd(), b.as_ptr()) },
             what,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical() {
+        assert_eq!(normalize("a/./b/../c").unwrap(), PathBuf::from("a/c"));
+        assert_eq!(normalize("").unwrap(), PathBuf::new());
+        assert_eq!(normalize(".").unwrap(), PathBuf::new());
+        assert!(normalize("../x").is_err());
+        assert!(normalize("a/../../x").is_err());
+        assert!(normalize("/etc/passwd").is_err());
+        assert!(normalize("a\0b").is_err());
+        assert!(single_name("x.txt").is_ok());
+        assert!(single_name("a/b").is_err());
+        assert!(single_name("..").is_err());
+        assert!(single_name(".").is_err());
+        assert!(single_name("").is_err());
     }
 }
