@@ -28,6 +28,9 @@ use crate::volume::DownloadTarget;
 
 const TUS_VERSION: &str = "1.0.0";
 
+/// Longest pause between two pieces of a PATCH body before the request is dropped.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// RFC 5987 `attr-char`s stay as they are in `filename*`; everything else is %-encoded.
 const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'!')
@@ -260,8 +263,20 @@ async fn patch_inner(
     }
     let mut written = current;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
+    loop {
+        // A client that stalls (half-open connection) must not hold the upload lock forever.
+        let next = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(_) => {
+                let _ = file.flush().await;
+                return Err(ApiError::invalid_params(format!(
+                    "upload stalled: no data for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let chunk = match next {
             Ok(c) => c,
             Err(e) => {
                 // The client went away mid-chunk: keep what arrived, it resumes from there.
