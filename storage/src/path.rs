@@ -147,9 +147,16 @@ impl PinnedDir {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => ApiError::invalid_path("the path resolves outside the folder"),
-                _ => ApiError::io(e, &path.display().to_string()),
+            .map_err(|e| {
+                // With O_DIRECTORY a final symlink gives ENOTDIR rather than ELOOP.
+                let is_link = std::fs::symlink_metadata(path)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                if e.raw_os_error() == Some(libc::ELOOP) || is_link {
+                    ApiError::invalid_path("the path resolves outside the folder")
+                } else {
+                    ApiError::io(e, &path.display().to_string())
+                }
             })?;
         verify_fd(&dir, root)?;
         Ok(Self { dir })
@@ -258,5 +265,50 @@ mod tests {
         assert!(single_name("..").is_err());
         assert!(single_name(".").is_err());
         assert!(single_name("").is_err());
+    }
+
+    #[test]
+    fn pinned_dirs_refuse_links_and_foreign_directories() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+
+        // A symlink as the directory itself is not followed; a directory elsewhere fails
+        // the descriptor check.
+        let e = PinnedDir::open(&root.join("l"), &root).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+        let e = PinnedDir::open(&outside, &root).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+
+        // *at operations act inside the pinned directory only.
+        let d = PinnedDir::open(&root.join("d"), &root).unwrap();
+        d.mkdir(std::ffi::OsStr::new("x"), "x").unwrap();
+        d.mkdir(std::ffi::OsStr::new("y"), "y").unwrap();
+        let e = d
+            .rename_to(
+                std::ffi::OsStr::new("x"),
+                &d,
+                std::ffi::OsStr::new("y"),
+                false,
+                "x",
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.status.as_u16(), 409);
+        d.unlink(std::ffi::OsStr::new("x"), true, "x").unwrap();
+        assert!(!root.join("d/x").exists() && root.join("d/y").is_dir());
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+
+        // Resolution stops at links that leave the root.
+        let e = resolve(&root, Path::new("l/file"), false).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+        assert_eq!(
+            resolve(&root, Path::new("l"), false).unwrap(),
+            root.join("l")
+        );
     }
 }
