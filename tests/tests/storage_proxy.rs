@@ -994,3 +994,127 @@ fn storage_proxy_config_from_manager_toml_and_environment() {
         Ok(())
     });
 }
+
+/// The official client's own upload/download code paths, if the 21.3.6 client is installed
+/// (`bash /work/shared/conformance/install-client.sh`): aiotusclient exactly as
+/// `VFolder.upload` drives it (16 MiB chunks, PATCH without creation), and an aiohttp GET
+/// reading `Content-Length` as `VFolder.download` does, for a file and a directory.
+#[tokio::test]
+async fn official_client_uploads_and_downloads() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let python = PathBuf::from(format!("{home}/.cache/backend.ai-client-21.3.6/bin/python"));
+    if !python.exists() {
+        eprintln!(
+            "skipped: the official client is not installed at {}",
+            python.display()
+        );
+        return;
+    }
+    let px = Proxy::start().await;
+    let vfid = px.new_folder(None).await;
+    let data = pattern(20 * 1024 * 1024 + 777, 11);
+    let src = px.base.join("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    let up = px
+        .client
+        .create_upload_token(VOL, vfid, "dir/big.bin", data.len() as u64)
+        .await
+        .unwrap();
+    let script = px.base.join("client.py");
+    std::fs::write(
+        &script,
+        r#"
+import asyncio, sys
+import aiohttp
+from yarl import URL
+from aiotusclient import client
+
+async def upload(url, token, path):
+    # ai.backend.client.func.vfolder.VFolder.upload, minus the manager round trip.
+    upload_url = URL(url).with_query({'token': token})
+    uploader = client.TusClient().async_uploader(
+        file_stream=open(path, 'rb'), url=upload_url,
+        upload_checksum=False, chunk_size=16 * (2**20))
+    await uploader.upload()
+
+async def download(url, token, out):
+    # ai.backend.client.func.vfolder.VFolder.download, minus the manager round trip.
+    download_url = URL(url).with_query({'token': token})
+    async with aiohttp.ClientSession() as s:
+        async with s.get(download_url, ssl=False) as resp:
+            assert resp.status == 200, resp.status
+            size = int(resp.headers['Content-Length'])
+            got = 0
+            with open(out, 'wb') as f:
+                while True:
+                    chunk = await resp.content.read(16 * 2**20)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    f.write(chunk)
+            assert got == size, (got, size)
+
+op, url, token, path = sys.argv[1:5]
+asyncio.run(upload(url, token, path) if op == 'up' else download(url, token, path))
+"#,
+    )
+    .unwrap();
+    let run = |op: &str, url: String, token: String, path: PathBuf| {
+        let python = python.clone();
+        let script = script.clone();
+        let op = op.to_string();
+        async move {
+            let out = tokio::process::Command::new(&python)
+                .arg(&script)
+                .arg(op)
+                .arg(url)
+                .arg(token)
+                .arg(path)
+                .output()
+                .await
+                .expect("run python");
+            assert!(
+                out.status.success(),
+                "client failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    run("up", format!("{}/upload", px.client_url), up, src.clone()).await;
+    assert!(std::fs::read(px.folder_dir(vfid).join("dir/big.bin")).unwrap() == data);
+    assert!(dir_is_empty(&px.upload_dir()));
+
+    let down = px
+        .client
+        .create_download_token(VOL, vfid, "dir/big.bin", false)
+        .await
+        .unwrap();
+    let out = px.base.join("out.bin");
+    run(
+        "down",
+        format!("{}/download", px.client_url),
+        down,
+        out.clone(),
+    )
+    .await;
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    let down = px
+        .client
+        .create_download_token(VOL, vfid, "dir", true)
+        .await
+        .unwrap();
+    let out = px.base.join("out.zip");
+    run(
+        "down",
+        format!("{}/download", px.client_url),
+        down,
+        out.clone(),
+    )
+    .await;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let mut s = Vec::new();
+    zip.by_name("big.bin").unwrap().read_to_end(&mut s).unwrap();
+    assert!(s == data);
+}
