@@ -16,17 +16,32 @@ pub struct DevOptions {
     pub workers: usize,
     pub agents: usize,
     pub addr: String,
+    /// Worker N's metrics port is base+N-1, agent N's base+100+N-1; 0 = free ports.
+    pub metrics_base_port: u16,
+    /// Passed on to every child (`--log-format`).
+    pub log_format: Option<String>,
 }
 
-fn spawn(
-    name: String,
-    config: &Option<std::path::PathBuf>,
-    args: &[String],
-) -> anyhow::Result<Child> {
+/// The metrics address of the `i`-th (0-based) process of a kind at `offset` from the base.
+fn metrics_addr(base: u16, offset: u16, i: usize) -> String {
+    if base == 0 {
+        return "127.0.0.1:0".into();
+    }
+    let port = u16::try_from(i)
+        .ok()
+        .and_then(|i| base.checked_add(offset)?.checked_add(i))
+        .unwrap_or(0);
+    format!("127.0.0.1:{port}")
+}
+
+fn spawn(name: String, opts: &DevOptions, args: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    if let Some(c) = config {
+    if let Some(c) = &opts.config {
         cmd.arg("-f").arg(c);
+    }
+    if let Some(f) = &opts.log_format {
+        cmd.arg("--log-format").arg(f);
     }
     cmd.args(args)
         .stdin(Stdio::null())
@@ -62,29 +77,35 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
     let stop = shutdown::on_signals();
     let mut children: Vec<(String, Child)> = Vec::new();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let port = opts.addr.rsplit(':').next().unwrap_or("8081").to_string();
+    let mut metrics = vec![format!("api        http://127.0.0.1:{port}/metrics")];
     children.push((
         "api".into(),
         spawn(
             "api".into(),
-            &opts.config,
+            &opts,
             &s(&["mgr", "start-server", "--addr", &opts.addr]),
         )?,
     ));
     for i in 0..opts.workers {
         let name = format!("worker-{}", i + 1);
+        let maddr = metrics_addr(opts.metrics_base_port, 0, i);
+        metrics.push(format!("{name:<10} http://{maddr}/metrics"));
         children.push((
             name.clone(),
-            spawn(name, &opts.config, &s(&["mgr", "worker"]))?,
+            spawn(name, &opts, &s(&["mgr", "worker", "--metrics-addr", &maddr]))?,
         ));
     }
     for i in 0..opts.agents {
         let name = format!("agent-{}", i + 1);
         let id = format!("i-dev-agent-{}", i + 1);
+        let maddr = metrics_addr(opts.metrics_base_port, 100, i);
+        metrics.push(format!("{name:<10} http://{maddr}/metrics"));
         children.push((
             name.clone(),
             spawn(
                 name,
-                &opts.config,
+                &opts,
                 &s(&[
                     "ag",
                     "start-server",
@@ -92,11 +113,16 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
                     &id,
                     "--work-root",
                     &format!("/tmp/backend-ai-agent/{id}"),
+                    "--metrics-addr",
+                    &maddr,
                 ]),
             )?,
         ));
     }
-    let port = opts.addr.rsplit(':').next().unwrap_or("8081");
+    if opts.metrics_base_port == 0 {
+        metrics.push("(ports picked at start: see each process's \"metrics listening\" line)".into());
+    }
+    let metrics = metrics.join("\n    ");
     println!(
         "\nBackend.AI is up.\n\
          \n  endpoint     http://127.0.0.1:{port}\
@@ -107,6 +133,8 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
          \n  export BACKEND_ACCESS_KEY=AKIAIOSFODNN7EXAMPLE BACKEND_SECRET_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\
          \n  ~/.cache/backend.ai-client-21.3.6/bin/backend.ai config\
          \n  ~/.cache/backend.ai-client-21.3.6/bin/backend.ai admin keypairs\
+         \n  bash ops/demo.sh      # a short story: session, code, files, vfolder, events\
+         \n\nMetrics (Prometheus text):\n    {metrics}\
          \n\nCtrl-C stops everything.\n"
     );
     // Stop when asked, or when any child dies (a half-running stack is worse than none).

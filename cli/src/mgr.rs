@@ -35,6 +35,10 @@ pub enum MgrCommand {
         /// Seconds between safety ticks of the scheduler.
         #[arg(long, default_value_t = 10)]
         tick_seconds: u64,
+        /// Serve Prometheus `GET /metrics` here (port 0 picks a free port; the bound
+        /// address is logged). `none` disables the listener.
+        #[arg(long, env = "BAI_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
+        metrics_addr: String,
     },
     /// Database schema.
     Schema {
@@ -125,7 +129,17 @@ pub async fn run(config: Config, cmd: MgrCommand) -> anyhow::Result<()> {
         MgrCommand::Worker {
             concurrency,
             tick_seconds,
-        } => worker(config, concurrency, tick_seconds).await,
+            metrics_addr,
+        } => {
+            let metrics_addr = match metrics_addr.as_str() {
+                "" | "none" | "off" => None,
+                a => Some(
+                    a.parse::<SocketAddr>()
+                        .with_context(|| format!("--metrics-addr: `{a}` is not HOST:PORT"))?,
+                ),
+            };
+            worker(config, concurrency, tick_seconds, metrics_addr).await
+        }
         MgrCommand::Schema { command } => schema(config, command).await,
         MgrCommand::Fixture {
             command: FixtureCommand::Populate { file },
@@ -197,6 +211,7 @@ async fn worker(
     config: Config,
     concurrency: Option<usize>,
     tick_seconds: u64,
+    metrics_addr: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let db = connect_db(&config).await?;
     let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
@@ -224,6 +239,24 @@ async fn worker(
         ..Default::default()
     };
     let stop = shutdown::on_signals();
+    if let Some(addr) = metrics_addr {
+        let endpoint = bai_core::metrics::MetricsEndpoint::new();
+        let registry = endpoint.registry().clone();
+        metrics.register(&registry);
+        bus.metrics().register(&registry);
+        endpoint.add_sampler(bai_events::stats::stream_depth_sampler(
+            bus.clone(),
+            &registry,
+        ));
+        endpoint.add_sampler(bai_core::metrics::agents_by_status_sampler(
+            db.clone(),
+            &registry,
+        ));
+        let bound = bai_core::metrics::spawn_server(addr, endpoint, stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %bound, "worker metrics listening on http://{bound}/metrics");
+    }
     let groups_db = db.clone();
     let tick = tokio::spawn(bai_workers::run_tick_loop(
         bus.clone(),
