@@ -113,7 +113,7 @@ async fn handle_delivery<H: RpcHandler>(
         Ok(req) => {
             let method = req.call.method();
             let request_id = req.request_id.clone().unwrap_or_default();
-            tracing::debug!(method, request_id, "RPC request");
+            tracing::info!(method, request_id, "RPC request");
             match handler
                 .handle(req.call)
                 .instrument(tracing::info_span!("rpc", method, request_id))

@@ -3,6 +3,7 @@
 
 mod dev;
 mod mgr;
+mod progress;
 mod shutdown;
 
 use std::path::PathBuf;

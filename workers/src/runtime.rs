@@ -335,6 +335,12 @@ async fn settle_outcome(
             settle(msg, AckKind::Ack).await;
             ctx.metrics.handled.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.command(&env.kind, "handled");
+            // One line per command, in the span carrying the API's request id.
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                deliveries,
+                "command handled"
+            );
             send_reply(ctx, env, &reply).await;
         }
         Err(HandlerError::Transient(e)) if deliveries < max_deliver => {
