@@ -662,7 +662,10 @@ mod tests {
             call: RpcCall::Ping { msg: "x".into() },
         };
         let v = serde_json::to_value(&req).unwrap();
-        assert!(v.get("request_id").is_none(), "absent request id is not sent");
+        assert!(
+            v.get("request_id").is_none(),
+            "absent request id is not sent"
+        );
         assert_eq!(v["call"]["method"], "ping");
         assert_eq!(v["call"]["params"]["msg"], "x");
     }

@@ -20,3 +20,16 @@ pub async fn scope<F: Future>(id: Option<String>, fut: F) -> F::Output {
 pub fn current() -> Option<String> {
     REQUEST_ID.try_with(|id| id.clone()).ok().flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scoped_and_absent() {
+        assert_eq!(current(), None);
+        let seen = scope(Some("rid-1".into()), async { current() }).await;
+        assert_eq!(seen.as_deref(), Some("rid-1"));
+        assert_eq!(scope(None, async { current() }).await, None);
+    }
+}

@@ -33,15 +33,22 @@ impl AgentMetrics {
             &["agent_id", "scaling_group", "version"],
         )?;
         let slots = prometheus::GaugeVec::new(
-            Opts::new("bai_agent_available_slots", "Resource slots this agent offers"),
+            Opts::new(
+                "bai_agent_available_slots",
+                "Resource slots this agent offers",
+            ),
             &["agent_id", "slot"],
         )?;
         registry.register(Box::new(kernels.clone()))?;
         registry.register(Box::new(info.clone()))?;
         registry.register(Box::new(slots.clone()))?;
         let id = agent.cfg.id.as_str();
-        info.with_label_values(&[id, agent.cfg.scaling_group.as_str(), agent.cfg.version.as_str()])
-            .set(1);
+        info.with_label_values(&[
+            id,
+            agent.cfg.scaling_group.as_str(),
+            agent.cfg.version.as_str(),
+        ])
+        .set(1);
         for (slot, amount) in &agent.cfg.slots {
             let v = amount.parse::<f64>().unwrap_or(0.0);
             slots.with_label_values(&[id, slot.as_str()]).set(v);
@@ -59,7 +66,9 @@ impl AgentMetrics {
             }
         }
         let id = agent.cfg.id.as_str();
-        self.kernels.with_label_values(&[id, "running"]).set(running);
+        self.kernels
+            .with_label_values(&[id, "running"])
+            .set(running);
         self.kernels.with_label_values(&[id, "exited"]).set(exited);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
@@ -83,7 +92,10 @@ pub async fn spawn(
         let (metrics, agent) = (metrics.clone(), agent.clone());
         async move {
             (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
                 metrics.render(&agent),
             )
                 .into_response()

@@ -93,7 +93,11 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
         metrics.push(format!("{name:<10} http://{maddr}/metrics"));
         children.push((
             name.clone(),
-            spawn(name, &opts, &s(&["mgr", "worker", "--metrics-addr", &maddr]))?,
+            spawn(
+                name,
+                &opts,
+                &s(&["mgr", "worker", "--metrics-addr", &maddr]),
+            )?,
         ));
     }
     for i in 0..opts.agents {
@@ -120,7 +124,8 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
         ));
     }
     if opts.metrics_base_port == 0 {
-        metrics.push("(ports picked at start: see each process's \"metrics listening\" line)".into());
+        metrics
+            .push("(ports picked at start: see each process's \"metrics listening\" line)".into());
     }
     let metrics = metrics.join("\n    ");
     println!(

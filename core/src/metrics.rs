@@ -85,11 +85,7 @@ impl MetricsEndpoint {
 
     /// Runs the samplers (concurrently, each bounded by a timeout), then renders.
     pub async fn scrape(&self) -> String {
-        let samplers: Vec<Sampler> = self
-            .samplers
-            .read()
-            .map(|v| v.clone())
-            .unwrap_or_default();
+        let samplers: Vec<Sampler> = self.samplers.read().map(|v| v.clone()).unwrap_or_default();
         // Concurrent: a scrape costs the slowest sampler, not the sum of them.
         futures::future::join_all(samplers.iter().map(|s| async move {
             if tokio::time::timeout(SAMPLE_TIMEOUT, s()).await.is_err() {
@@ -200,11 +196,10 @@ pub fn agents_by_status_sampler(db: crate::Db, registry: &Registry) -> Sampler {
         Box::pin(async move {
             let rows: Result<Vec<(String, i64)>, anyhow::Error> = async {
                 let mut tx = db.begin_readonly().await?;
-                let rows = sqlx::query_as(
-                    "SELECT status::text, count(*) FROM agents GROUP BY status",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
+                let rows =
+                    sqlx::query_as("SELECT status::text, count(*) FROM agents GROUP BY status")
+                        .fetch_all(&mut *tx)
+                        .await?;
                 tx.commit().await?;
                 Ok(rows)
             }

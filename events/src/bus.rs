@@ -358,12 +358,16 @@ impl Bus {
         }
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(reply)) => {
-                replies.with_label_values(&[env.kind.as_str(), "completed"]).inc();
+                replies
+                    .with_label_values(&[env.kind.as_str(), "completed"])
+                    .inc();
                 Ok(CommandOutcome::Completed(reply))
             }
             _ => {
                 self.forget(id);
-                replies.with_label_values(&[env.kind.as_str(), "accepted"]).inc();
+                replies
+                    .with_label_values(&[env.kind.as_str(), "accepted"])
+                    .inc();
                 Ok(CommandOutcome::Accepted { command_id: id })
             }
         }

@@ -91,7 +91,9 @@ fn client_bin() -> Option<PathBuf> {
         )
     });
     // Serialise installs of concurrently running test binaries on one lock file.
-    let lock = home.join(".cache").join(format!("{CLIENT_VERSION_DIR}.lock"));
+    let lock = home
+        .join(".cache")
+        .join(format!("{CLIENT_VERSION_DIR}.lock"));
     let _ = std::fs::create_dir_all(home.join(".cache"));
     let status = std::process::Command::new("flock")
         .arg(&lock)
@@ -192,7 +194,12 @@ impl Client {
     async fn ok_with_input(&self, args: &[&str], input: Option<&str>, expect: &[&str]) -> String {
         let out = self.run_with_input(args, input).await;
         let cmd = args.join(" ");
-        assert_eq!(out.code, Some(0), "`backend.ai {cmd}` exit code:\n{}", out.text);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "`backend.ai {cmd}` exit code:\n{}",
+            out.text
+        );
         assert!(
             !out.text.contains('✘') && !out.text.contains("Traceback"),
             "`backend.ai {cmd}` reported an error:\n{}",
@@ -319,8 +326,11 @@ async fn official_client_battery() {
     c.ok(&["admin", "keypair"], &[ak.as_str(), "admin@lablup.com"])
         .await;
     c.ok(&["admin", "keypairs"], &[ak.as_str()]).await;
-    c.ok(&["admin", "users"], &["admin@lablup.com", "user@lablup.com"])
-        .await;
+    c.ok(
+        &["admin", "users"],
+        &["admin@lablup.com", "user@lablup.com"],
+    )
+    .await;
     c.ok(&["admin", "domains"], &["default"]).await;
     c.ok(&["admin", "groups"], &["default"]).await;
     c.ok(&["admin", "scaling-groups"], &["default"]).await;
@@ -335,7 +345,9 @@ async fn official_client_battery() {
     let sess = "conf-sess";
     let out = c
         .ok(
-            &["start", "-t", sess, "-r", "cpu=1", "-r", "mem=256m", "python"],
+            &[
+                "start", "-t", sess, "-r", "cpu=1", "-r", "mem=256m", "python",
+            ],
             &["is created and ready"],
         )
         .await;
@@ -354,7 +366,10 @@ async fn official_client_battery() {
     let out = c
         .ok(
             &["run", "--rm", "-c", "print(1)", "python"],
-            &["Execution finished. (exit code = 0)", "Cleaned up the session"],
+            &[
+                "Execution finished. (exit code = 0)",
+                "Cleaned up the session",
+            ],
         )
         .await;
     assert!(
@@ -403,7 +418,10 @@ async fn official_client_battery() {
         seen.contains(&format!("'sessionName': '{sess}'")),
         "events carry the session name:\n{seen}"
     );
-    assert!(seen.contains("user-requested"), "termination reason:\n{seen}");
+    assert!(
+        seen.contains("user-requested"),
+        "termination reason:\n{seen}"
+    );
 
     // -- admin writes: one keypair resource policy, created, modified, deleted
     let pol = format!("conf-pol-{}", &Uuid::new_v4().simple().to_string()[..8]);
@@ -599,10 +617,14 @@ async fn official_client_vfolders() {
     c.ok(&["vfolder", "list"], &[vf.as_str()]).await;
     let content = format!("vfolder conformance {}\n", Uuid::new_v4());
     std::fs::write(c.cwd.join("vf.txt"), &content).expect("write vf.txt");
-    c.ok(&["vfolder", "upload", &vf, "vf.txt"], &["Done."]).await;
-    c.ok(&["vfolder", "ls", &vf, "."], &["vf.txt"]).await;
-    c.ok(&["vfolder", "download", &vf, "vf.txt", "-b", "dl"], &["Done."])
+    c.ok(&["vfolder", "upload", &vf, "vf.txt"], &["Done."])
         .await;
+    c.ok(&["vfolder", "ls", &vf, "."], &["vf.txt"]).await;
+    c.ok(
+        &["vfolder", "download", &vf, "vf.txt", "-b", "dl"],
+        &["Done."],
+    )
+    .await;
     assert_eq!(read_file(&c.cwd.join("dl/vf.txt")), content);
     c.ok_with_input(&["vfolder", "delete", &vf], Some("y\n"), &["Deleted."])
         .await;

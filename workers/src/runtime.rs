@@ -262,7 +262,12 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
     let deliveries = msg.info().map(|i| i.delivered as u64).unwrap_or(1);
     let max_deliver = ctx.bus.options().max_deliver.max(1) as u64;
     // The subject ends with the kind, so even an undecodable command is counted by kind.
-    let subject_kind = msg.subject.rsplit('.').next().unwrap_or("unknown").to_string();
+    let subject_kind = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or("unknown")
+        .to_string();
     if deliveries > 1 {
         ctx.metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         ctx.metrics.command(&subject_kind, "redelivered");

@@ -100,7 +100,10 @@ pub async fn run_trigger_loop(
                     .with_label_values(&[group.as_str()])
                     .observe(started.elapsed().as_secs_f64());
                 if let Err(e) = res {
-                    metrics.pass_errors.with_label_values(&[group.as_str()]).inc();
+                    metrics
+                        .pass_errors
+                        .with_label_values(&[group.as_str()])
+                        .inc();
                     tracing::error!(error = %format!("{e:#}"), group, "scheduling pass failed");
                 }
                 drop(permit);
