@@ -144,10 +144,6 @@ impl Client {
         cmd
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
-        self.run_with_input(args, None).await
-    }
-
     /// Runs with `input` on stdin (answers to "Are you sure? [Y/n]").
     async fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
         use tokio::io::AsyncWriteExt;
