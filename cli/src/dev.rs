@@ -133,7 +133,7 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
          \n  endpoint     http://127.0.0.1:{port}\
          \n  superadmin   AKIAIOSFODNN7EXAMPLE / wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\
          \n  user         AKIANABBDUSEREXAMPLE / C8qnIo29EZvXkPK_MXcuAakYTy4NYrxwmCEyNPlf\
-         \n\nTry the official client (bash ../shared/conformance/install-client.sh):\
+         \n\nTry the official client (bash ops/client.sh installs it and prints its path):\
          \n  export BACKEND_ENDPOINT=http://127.0.0.1:{port} BACKEND_ENDPOINT_TYPE=api\
          \n  export BACKEND_ACCESS_KEY=AKIAIOSFODNN7EXAMPLE BACKEND_SECRET_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\
          \n  ~/.cache/backend.ai-client-21.3.6/bin/backend.ai config\
