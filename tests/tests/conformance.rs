@@ -578,16 +578,27 @@ path = "{vol}"
         .kill_on_drop(true)
         .spawn()
         .expect("spawn the storage proxy");
-    // Up when it has registered itself where the manager looks for proxies.
+    let child = std::sync::Mutex::new(child);
+    // Up when it has registered itself where the manager looks for proxies; a proxy that
+    // exits (say, a binary without the `storage` subcommand) fails at once.
     let registered = eventually(TIMEOUT, || async {
+        if let Ok(Some(status)) = child.lock().map(|mut c| c.try_wait()).unwrap_or(Ok(None)) {
+            panic!(
+                "`backend-ai storage start-server` exited with {status} \
+                 (is the storage proxy available on this branch?)"
+            );
+        }
+        // The fixture already names a proxy `local`: wait for *our* address.
         app.etcd
             .etcd
             .get("volumes/proxies/local/manager_api")
             .await
             .ok()
             .flatten()
+            .filter(|url| url.trim_end_matches('/') == format!("http://127.0.0.1:{mport}"))
     })
     .await;
+    let child = child.into_inner().expect("storage proxy handle");
     assert!(
         registered.is_some(),
         "the storage proxy did not register in etcd (volumes/proxies/local/...); \
