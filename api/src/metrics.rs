@@ -88,9 +88,18 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let m = &state.metrics;
     let method = req.method().as_str().to_string();
     let started = Instant::now();
+    // A guard, not inc/dec around the await: a request whose client goes away is dropped
+    // mid-await and must still leave the gauge.
+    struct InFlight(IntGauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     m.in_flight.inc();
+    let guard = InFlight(m.in_flight.clone());
     let resp = next.run(req).await;
-    m.in_flight.dec();
+    drop(guard);
     let route = resp
         .extensions()
         .get::<RouteTemplate>()
