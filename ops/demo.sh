@@ -42,7 +42,14 @@ step() { N=$((N + 1)); printf '\n\033[1m==> %d. %s\033[0m\n' "$N" "$*"; }
 bai() { printf '$ backend.ai %s\n' "$*"; "$BAI" "$@"; }
 
 port=${BACKEND_ENDPOINT##*:}; port=${port%%/*}
-port_open "$port" || die "nothing answers at $BACKEND_ENDPOINT: start the stack first (bash ops/run.sh)"
+host=${BACKEND_ENDPOINT#*://}; host=${host%%:*}
+# Right after `dev up` the processes are still starting: give them a minute.
+wait_port "the API at $BACKEND_ENDPOINT (start the stack first: bash ops/run.sh)" "$port" 60 "" "$host"
+for _ in $(seq 1 120); do
+    "$BAI" admin agents 2>/dev/null | grep -q ALIVE && break
+    sleep 0.5
+done
+"$BAI" admin agents 2>/dev/null | grep -q ALIVE || die "no agent is ALIVE: sessions could not start"
 
 step "Who am I talking to?"
 bai config

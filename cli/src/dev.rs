@@ -18,8 +18,70 @@ pub struct DevOptions {
     pub addr: String,
     /// Worker N's metrics port is base+N-1, agent N's base+100+N-1; 0 = free ports.
     pub metrics_base_port: u16,
+    /// Run `ops/demo.sh` against the stack once it is up.
+    pub demo: bool,
     /// Passed on to every child (`--log-format`).
     pub log_format: Option<String>,
+}
+
+/// `ops/demo.sh` of the working directory, else of the repository this binary was built in
+/// (`<repo>/target/<profile>/backend-ai`).
+fn demo_script() -> Option<std::path::PathBuf> {
+    let here = std::path::PathBuf::from("ops/demo.sh");
+    if here.is_file() {
+        return Some(here);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let repo = exe.parent()?.parent()?.parent()?;
+    Some(repo.join("ops/demo.sh")).filter(|p| p.is_file())
+}
+
+/// Runs the demo story as a child that is not supervised with the stack: its end (success
+/// or failure) is reported and the stack keeps running.
+fn spawn_demo(port: &str) -> anyhow::Result<()> {
+    let script = demo_script().ok_or_else(|| {
+        anyhow::anyhow!("--demo: ops/demo.sh not found (run from the repository)")
+    })?;
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .env("BACKEND_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{:>10} | {line}", "demo");
+            }
+        });
+    }
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(s) if s.success() => {
+                println!("\nThe demo finished; the stack keeps running (Ctrl-C stops it).\n")
+            }
+            Ok(s) => {
+                println!("\nThe demo failed ({s}); the stack keeps running (Ctrl-C stops it).\n")
+            }
+            Err(e) => println!("\nThe demo could not be waited for: {e}\n"),
+        }
+    });
+    Ok(())
 }
 
 /// The metrics address of the `i`-th (0-based) process of a kind at `offset` from the base.
@@ -142,6 +204,9 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
          \n\nMetrics (Prometheus text):\n    {metrics}\
          \n\nCtrl-C stops everything.\n"
     );
+    if opts.demo {
+        spawn_demo(&port)?;
+    }
     // Stop when asked, or when any child dies (a half-running stack is worse than none).
     let mut exited: Option<String> = None;
     loop {

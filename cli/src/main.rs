@@ -59,6 +59,10 @@ enum DevCommand {
         /// (0: every process picks a free port and logs it).
         #[arg(long, default_value_t = 9101)]
         metrics_base_port: u16,
+        /// Once the stack is up, run `ops/demo.sh` against it (installs the official
+        /// client, tells a short story); the stack keeps running afterwards.
+        #[arg(long)]
+        demo: bool,
     },
 }
 
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
                         agents,
                         addr,
                         metrics_base_port,
+                        demo,
                     },
             } => {
                 dev::up(dev::DevOptions {
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
                     agents,
                     addr,
                     metrics_base_port,
+                    demo,
                     log_format: cli.log_format.clone(),
                 })
                 .await
