@@ -40,7 +40,7 @@ done
 [[ -n $SCRIPT ]] || die "install-client.sh not found (set BAI_CONFORMANCE_DIR to shared/conformance)"
 
 mkdir -p "$(dirname "$VENV")"
-log "installing the official client into $VENV (python: $PY)"
+log "installing the official client into $VENV (python: $PY)" >&2
 # flock: the conformance tests may install concurrently; the second waits and reuses.
 VENV=$VENV PYTHON=$PY flock "$VENV.lock" \
     bash -c '[ -x "$VENV/bin/backend.ai" ] || bash "$0"' "$SCRIPT" >&2
