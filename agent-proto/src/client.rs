@@ -422,6 +422,7 @@ impl AgentRpcClient {
         let request = RpcRequest {
             v: PROTOCOL_VERSION,
             deadline_ms: now_ms() + timeout_ms as i64,
+            request_id: crate::request_id::current(),
             call,
         };
         let body = serde_json::to_vec(&request)

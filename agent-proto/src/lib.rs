@@ -7,12 +7,14 @@
 //!   per-call deadlines, fail-fast when an agent's queue has no consumer).
 //! * [`server`]: the agent's RPC consumer loop.
 //! * [`publisher`]: the agent's event publisher (heartbeats, lifecycle events).
+//! * [`request_id`]: the API request id carried into RPC requests for log correlation.
 
 pub mod amqp;
 pub mod client;
 pub mod messages;
 pub mod names;
 pub mod publisher;
+pub mod request_id;
 pub mod server;
 
 pub use client::{AgentRpcClient, RpcClientOptions, RpcError, RpcTimeouts};

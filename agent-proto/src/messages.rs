@@ -215,6 +215,10 @@ pub struct RpcRequest {
     pub v: u16,
     /// Milliseconds since the Unix epoch after which the caller no longer waits.
     pub deadline_ms: i64,
+    /// The API request this call is made for (`X-Request-Id`), for log correlation.
+    /// Optional and skipped when absent, so older peers read and write the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub call: RpcCall,
 }
 
@@ -654,9 +658,14 @@ mod tests {
         let req = RpcRequest {
             v: PROTOCOL_VERSION,
             deadline_ms: 1,
+            request_id: None,
             call: RpcCall::Ping { msg: "x".into() },
         };
         let v = serde_json::to_value(&req).unwrap();
+        assert!(
+            v.get("request_id").is_none(),
+            "absent request id is not sent"
+        );
         assert_eq!(v["call"]["method"], "ping");
         assert_eq!(v["call"]["params"]["msg"], "x");
     }

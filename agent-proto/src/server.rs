@@ -112,14 +112,16 @@ async fn handle_delivery<H: RpcHandler>(
         }
         Ok(req) => {
             let method = req.call.method();
+            let request_id = req.request_id.clone().unwrap_or_default();
+            tracing::info!(method, request_id, "RPC request");
             match handler
                 .handle(req.call)
-                .instrument(tracing::debug_span!("rpc", method))
+                .instrument(tracing::info_span!("rpc", method, request_id))
                 .await
             {
                 Ok(result) => RpcOutcome::Ok { result },
                 Err(error) => {
-                    tracing::info!(method, error = %error, "RPC failed");
+                    tracing::info!(method, request_id, error = %error, "RPC failed");
                     RpcOutcome::Error(error)
                 }
             }

@@ -76,6 +76,10 @@ pub struct StartServerArgs {
     /// IP address reported in heartbeats.
     #[arg(long, env = "BAI_AGENT_IP", default_value = "127.0.0.1")]
     pub ip: String,
+    /// Serve Prometheus `GET /metrics` on this address (port 0 picks a free port; the
+    /// bound address is logged). No listener when absent.
+    #[arg(long, env = "BAI_AGENT_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -207,6 +211,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match cmd {
         AgCommand::StartServer(args) => {
+            let metrics_addr = args.metrics_addr;
             let cfg = args.into_config(&defaults)?;
             tracing::info!(
                 agent_id = %cfg.id,
@@ -217,7 +222,12 @@ pub async fn run(
                 prefix = %cfg.prefix,
                 "starting agent"
             );
-            Agent::new(cfg).run(shutdown).await
+            let agent = Agent::new(cfg);
+            if let Some(addr) = metrics_addr {
+                let bound = crate::metrics::spawn(addr, agent.clone(), shutdown.clone()).await?;
+                tracing::info!(addr = %bound, "agent metrics listening on http://{bound}/metrics");
+            }
+            agent.run(shutdown).await
         }
         AgCommand::Simulate(args) => {
             let cfg = args.into_config(&defaults)?;

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod commands;
 pub mod error;
 pub mod graphql;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod session;
@@ -24,7 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use auth::middleware as mw;
 
@@ -117,15 +118,23 @@ async fn unknown_path(uri: Uri) -> ApiError {
 }
 
 /// Builds the router over a shared state: the routes, then (inner → outer) auth + rate
-/// limit on matched routes only, the 404 fallback, API-version check, anonymous rate-limit
-/// headers, panic catching, problem+json for framework errors, CORS, request ids,
-/// tracing and the `Server` header.
+/// limit on matched routes only, the route template for metrics, the anonymous `/metrics`,
+/// the 404 fallback, API-version check, anonymous rate-limit headers, panic catching,
+/// problem+json for framework errors, CORS, the request-id scope for agent RPCs, HTTP
+/// metrics, request ids, tracing and the `Server` header.
 pub fn router(state: AppState) -> Router {
     routes()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             mw::authenticate,
         ))
+        // Outside auth, so rejected requests are counted under their route too.
+        .route_layer(middleware::from_fn(metrics::mark_route))
+        // Added after the auth layer, so it needs no signature (Prometheus scrapes it).
+        .route(
+            "/metrics",
+            get(metrics::metrics).layer(middleware::from_fn(metrics::mark_route)),
+        )
         .fallback(unknown_path)
         .layer(middleware::from_fn(mw::api_version))
         .layer(middleware::from_fn(mw::default_rate_limit_headers))
@@ -140,6 +149,8 @@ pub fn router(state: AppState) -> Router {
                 .allow_headers(Any)
                 .expose_headers(Any),
         )
+        .layer(middleware::from_fn(metrics::scope_request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req
@@ -148,7 +159,9 @@ pub fn router(state: AppState) -> Router {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id)
-        }))
+        })
+        // An access-log line per request (status, latency) inside the request-id span.
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetResponseHeaderLayer::overriding(
             header::SERVER,

@@ -26,6 +26,8 @@ pub struct Inner {
     pub agent_rpc: Option<Arc<bai_agent_proto::AgentRpcClient>>,
     /// Server-sent event streams: their shutdown signal, metadata caches and gauge.
     pub streams: crate::routes::events::StreamHub,
+    /// `/metrics`: this process's registry, HTTP series and scrape-time samplers.
+    pub metrics: crate::metrics::ApiMetrics,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 auth: crate::auth::AuthRuntime::from_config(&config),
                 streams: crate::routes::events::StreamHub::new(&bus),
+                metrics: crate::metrics::ApiMetrics::new(&bus, &db),
                 config,
                 db,
                 redis,

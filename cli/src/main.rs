@@ -3,6 +3,7 @@
 
 mod dev;
 mod mgr;
+mod progress;
 mod shutdown;
 mod storage;
 
@@ -17,6 +18,9 @@ struct Cli {
     /// Path to manager.toml (default: ./manager.toml, then /etc/backend.ai/manager.toml).
     #[arg(short = 'f', long = "config", global = true, env = "BAI_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format: `text` or `json` (one JSON object per line); overrides logging.format.
+    #[arg(long, global = true, env = "BAI_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Top,
 }
@@ -58,6 +62,14 @@ enum DevCommand {
         agents: usize,
         #[arg(long, default_value = "0.0.0.0:8081")]
         addr: String,
+        /// Worker N serves /metrics on 127.0.0.1:<base+N-1>, agent N on <base+100+N-1>
+        /// (0: every process picks a free port and logs it).
+        #[arg(long, default_value_t = 9101)]
+        metrics_base_port: u16,
+        /// Once the stack is up, run `ops/demo.sh` against it (installs the official
+        /// client, tells a short story); the stack keeps running afterwards.
+        #[arg(long)]
+        demo: bool,
     },
 }
 
@@ -75,7 +87,10 @@ fn main() -> ExitCode {
     };
     let config_path = cli.config.clone();
     let result = runtime.block_on(async move {
-        let config = bai_core::Config::load(cli.config.as_deref())?;
+        let mut config = bai_core::Config::load(cli.config.as_deref())?;
+        if let Some(f) = &cli.log_format {
+            config.logging.format = f.clone();
+        }
         bai_core::telemetry::init(&config.logging);
         match cli.command {
             Top::Mgr { command } => mgr::run(config, command).await,
@@ -93,6 +108,8 @@ fn main() -> ExitCode {
                         workers,
                         agents,
                         addr,
+                        metrics_base_port,
+                        demo,
                     },
             } => {
                 dev::up(dev::DevOptions {
@@ -100,6 +117,9 @@ fn main() -> ExitCode {
                     workers,
                     agents,
                     addr,
+                    metrics_base_port,
+                    demo,
+                    log_format: cli.log_format.clone(),
                 })
                 .await
             }

@@ -14,6 +14,7 @@ use bai_core::{Config, Db};
 use bai_events::{Bus, BusOptions, Command, CommandOutcome};
 use bai_workers::{WorkerContext, WorkerMetrics, WorkerOptions};
 
+use crate::progress::Progress;
 use crate::shutdown;
 
 /// How long start-up waits for a backing service before giving up with a clear error.
@@ -35,6 +36,10 @@ pub enum MgrCommand {
         /// Seconds between safety ticks of the scheduler.
         #[arg(long, default_value_t = 10)]
         tick_seconds: u64,
+        /// Serve Prometheus `GET /metrics` here (port 0 picks a free port; the bound
+        /// address is logged). `none` disables the listener.
+        #[arg(long, env = "BAI_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
+        metrics_addr: String,
     },
     /// Database schema.
     Schema {
@@ -67,6 +72,25 @@ pub enum MgrCommand {
     Bus {
         #[command(subcommand)]
         command: BusCommand,
+    },
+    /// Image catalogue.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Rescan the configured registries as a background task in the worker fleet and follow
+    /// its progress (a progress bar in a terminal, plain lines otherwise).
+    Rescan {
+        /// Only this registry (default: every configured one).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Give up following after this many seconds (the task goes on).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
 }
 
@@ -125,7 +149,17 @@ pub async fn run(config: Config, cmd: MgrCommand) -> anyhow::Result<()> {
         MgrCommand::Worker {
             concurrency,
             tick_seconds,
-        } => worker(config, concurrency, tick_seconds).await,
+            metrics_addr,
+        } => {
+            let metrics_addr = match metrics_addr.as_str() {
+                "" | "none" | "off" => None,
+                a => Some(
+                    a.parse::<SocketAddr>()
+                        .with_context(|| format!("--metrics-addr: `{a}` is not HOST:PORT"))?,
+                ),
+            };
+            worker(config, concurrency, tick_seconds, metrics_addr).await
+        }
         MgrCommand::Schema { command } => schema(config, command).await,
         MgrCommand::Fixture {
             command: FixtureCommand::Populate { file },
@@ -133,7 +167,21 @@ pub async fn run(config: Config, cmd: MgrCommand) -> anyhow::Result<()> {
             let fixture = Fixture::read(&file)?;
             let db = connect_db(&config).await?;
             let etcd = Etcd::connect(&config.etcd, CONNECT_TIMEOUT).await?;
-            let report = fixture.populate(&db, Some(&etcd)).await?;
+            let mut progress = Progress::spinner("fixture");
+            progress.message(&format!("loading {} in one transaction", file.display()));
+            let report = match fixture.populate(&db, Some(&etcd)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.abandon("failed");
+                    return Err(e.into());
+                }
+            };
+            let rows: usize = report.tables.iter().map(|t| t.1).sum();
+            progress.finish(&format!(
+                "{} tables, {rows} rows, {} etcd keys",
+                report.tables.len(),
+                report.etcd_keys
+            ));
             for (table, rows, inserted) in &report.tables {
                 println!("{table:<28} {rows:>5} rows, {inserted:>5} new");
             }
@@ -148,6 +196,9 @@ pub async fn run(config: Config, cmd: MgrCommand) -> anyhow::Result<()> {
         } => generate_keypair(config, user, resource_policy, admin, rate_limit).await,
         MgrCommand::Etcd { command } => etcd(config, command).await,
         MgrCommand::Bus { command } => bus(config, command).await,
+        MgrCommand::Image {
+            command: ImageCommand::Rescan { registry, timeout },
+        } => rescan_images(config, registry, Duration::from_secs(timeout)).await,
     }
 }
 
@@ -197,6 +248,7 @@ async fn worker(
     config: Config,
     concurrency: Option<usize>,
     tick_seconds: u64,
+    metrics_addr: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let db = connect_db(&config).await?;
     let bus = connect_bus(&config, &format!("worker:{}", config.manager.id)).await?;
@@ -224,6 +276,24 @@ async fn worker(
         ..Default::default()
     };
     let stop = shutdown::on_signals();
+    if let Some(addr) = metrics_addr {
+        let endpoint = bai_core::metrics::MetricsEndpoint::new();
+        let registry = endpoint.registry().clone();
+        metrics.register(&registry);
+        bus.metrics().register(&registry);
+        endpoint.add_sampler(bai_events::stats::stream_depth_sampler(
+            bus.clone(),
+            &registry,
+        ));
+        endpoint.add_sampler(bai_core::metrics::agents_by_status_sampler(
+            db.clone(),
+            &registry,
+        ));
+        let bound = bai_core::metrics::spawn_server(addr, endpoint, stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %bound, "worker metrics listening on http://{bound}/metrics");
+    }
     let groups_db = db.clone();
     let tick = tokio::spawn(bai_workers::run_tick_loop(
         bus.clone(),
@@ -289,7 +359,35 @@ async fn schema(config: Config, cmd: SchemaCommand) -> anyhow::Result<()> {
     let db = connect_db(&config).await?;
     match cmd {
         SchemaCommand::Migrate => {
-            db.migrate().await.context("migration failed")?;
+            let applied: std::collections::HashSet<i64> = db
+                .schema_versions()
+                .await?
+                .into_iter()
+                .map(|(v, _, _)| v)
+                .collect();
+            let pending: Vec<_> = bai_core::db::MIGRATOR
+                .iter()
+                .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+                .collect();
+            let mut progress = Progress::spinner("migrate");
+            match pending.as_slice() {
+                [] => progress.message("nothing to apply"),
+                [m] => progress.message(&format!("applying {} {}", m.version, m.description)),
+                [first, .., last] => progress.message(&format!(
+                    "applying {} migrations ({} … {})",
+                    pending.len(),
+                    first.version,
+                    last.version
+                )),
+            }
+            if let Err(e) = db.migrate().await {
+                progress.abandon("failed");
+                return Err(anyhow::Error::new(e).context("migration failed"));
+            }
+            progress.finish(&format!("{} applied", pending.len()));
+            for m in &pending {
+                println!("applied {:>16}  {}", m.version, m.description);
+            }
             let applied = db.schema_versions().await?;
             match applied.last() {
                 Some((v, d, _)) => println!("schema is at version {v} ({d})"),
@@ -442,4 +540,76 @@ async fn bus(config: Config, cmd: BusCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts a `rescan_images` background task and follows its `bgtask_*` events.
+async fn rescan_images(
+    config: Config,
+    registry: Option<String>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use bai_events::feed::FeedStart;
+    use bai_events::{Envelope, Event};
+    let bus = connect_bus(&config, "cli").await?;
+    let task_id = uuid::Uuid::new_v4();
+    // Subscribe before starting the task, so no progress event can be missed.
+    let mut feed = bus.feed_about(task_id, FeedStart::New).await?;
+    let cmd = Command::StartBackgroundTask {
+        task_id,
+        kind: bai_events::bgtask::KIND_RESCAN_IMAGES.to_string(),
+        params: serde_json::json!({ "registry": registry }),
+    };
+    // The command id is the task id (a retry of this CLI call is the same task).
+    bus.enqueue_command(&Envelope::new(task_id, "cli", cmd))
+        .await?;
+    let mut progress = Progress::spinner("rescan");
+    progress.message(&format!("task {task_id} queued"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, feed.next()).await {
+            Err(_) => {
+                progress.abandon("still running; stopped following it");
+                anyhow::bail!("task {task_id} did not finish within {timeout:?} (it goes on)");
+            }
+            Ok(None) => {
+                progress.abandon("lost the event stream");
+                anyhow::bail!("the event stream ended before task {task_id} finished");
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "event stream hiccup");
+                continue;
+            }
+            Ok(Some(Ok(item))) => item,
+        };
+        let Some(env) = item.event() else { continue };
+        match &env.body {
+            Event::BgtaskUpdated {
+                current_progress,
+                total_progress,
+                message,
+                ..
+            } => {
+                if *total_progress > 0.0 {
+                    progress.set_length(*total_progress as u64);
+                }
+                progress.set_position(*current_progress as u64);
+                if let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
+                    progress.message(m);
+                }
+            }
+            Event::BgtaskDone { message, .. } => {
+                progress.finish(message.as_deref().unwrap_or("done"));
+                return Ok(());
+            }
+            Event::BgtaskCancelled { message, .. } => {
+                progress.abandon("cancelled");
+                anyhow::bail!("rescan cancelled: {}", message.as_deref().unwrap_or(""));
+            }
+            Event::BgtaskFailed { message, .. } => {
+                progress.abandon("failed");
+                anyhow::bail!("rescan failed: {}", message.as_deref().unwrap_or(""));
+            }
+            _ => {}
+        }
+    }
 }

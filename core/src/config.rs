@@ -40,6 +40,7 @@ pub struct Config {
 pub struct EtcdConfig {
     /// Every key lives under `/sorna/{namespace}/` as in the original.
     pub namespace: String,
+    /// `host:port`, or a comma-separated list of cluster members.
     pub addr: String,
     pub user: Option<String>,
     pub password: Option<String>,

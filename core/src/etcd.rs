@@ -34,7 +34,15 @@ impl Etcd {
         loop {
             attempts += 1;
             let attempt = async {
-                let mut c = Client::connect([cfg.addr.as_str()], Some(opts.clone())).await?;
+                // `addr` may list several cluster members (`h1:2379,h2:2379,h3:2379`); the
+                // client balances over them and fails over when one goes away.
+                let endpoints: Vec<&str> = cfg
+                    .addr
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                let mut c = Client::connect(endpoints, Some(opts.clone())).await?;
                 // `connect` is lazy about the first request; a status call proves liveness.
                 c.status().await?;
                 Ok::<_, etcd_client::Error>(c)

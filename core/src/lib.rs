@@ -7,6 +7,7 @@ pub mod error;
 pub mod etcd;
 pub mod fixtures;
 pub mod keypair;
+pub mod metrics;
 pub mod redis;
 pub mod slots;
 pub mod telemetry;

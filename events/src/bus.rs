@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use bai_core::config::NatsConfig;
 use bai_core::error::ServiceError;
+use bai_core::metrics::prometheus::IntCounterVec;
 
 use crate::command::{Command, CommandOutcome, CommandReply};
 use crate::envelope::Envelope;
@@ -77,6 +78,57 @@ pub struct Bus {
     pending: Pending,
     options: BusOptions,
     replicas: usize,
+    metrics: BusMetrics,
+}
+
+/// What this process published on the bus, for `/metrics`. Clones of a [`Bus`] share it;
+/// register it once per process with [`BusMetrics::register`].
+#[derive(Clone)]
+pub struct BusMetrics {
+    /// Commands stored in CMD, by kind and outcome (`stored`, `duplicate`, `error`).
+    pub commands_published: IntCounterVec,
+    /// Command round trips by kind and outcome (`completed`, `accepted`: no reply in time).
+    pub command_replies: IntCounterVec,
+    /// Events published, by kind.
+    pub events_published: IntCounterVec,
+    /// Scheduling requests by outcome (`queued`, `coalesced`, `error`).
+    pub schedule_requests: IntCounterVec,
+}
+
+impl BusMetrics {
+    fn new() -> Self {
+        use bai_core::metrics::counter_vec;
+        Self {
+            commands_published: counter_vec(
+                "bai_commands_published_total",
+                "Commands published to the CMD stream by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            command_replies: counter_vec(
+                "bai_command_round_trips_total",
+                "Command round trips by kind and outcome (completed, or accepted without a reply in time)",
+                &["kind", "outcome"],
+            ),
+            events_published: counter_vec(
+                "bai_events_published_total",
+                "Events published to the EVENTS stream by kind",
+                &["kind"],
+            ),
+            schedule_requests: counter_vec(
+                "bai_schedule_requests_total",
+                "Scheduling requests by outcome (queued, coalesced into a pending one, error)",
+                &["outcome"],
+            ),
+        }
+    }
+
+    pub fn register(&self, registry: &bai_core::metrics::prometheus::Registry) {
+        use bai_core::metrics::register;
+        register(registry, self.commands_published.clone());
+        register(registry, self.command_replies.clone());
+        register(registry, self.events_published.clone());
+        register(registry, self.schedule_requests.clone());
+    }
 }
 
 impl Bus {
@@ -132,6 +184,7 @@ impl Bus {
             pending: Arc::default(),
             options,
             replicas: cfg.replicas.max(1),
+            metrics: BusMetrics::new(),
         };
         bus.ensure_streams()
             .await
@@ -236,18 +289,37 @@ impl Bus {
         &self.options
     }
 
+    pub fn metrics(&self) -> &BusMetrics {
+        &self.metrics
+    }
+
     /// Stores a command in CMD (deduplicated by its id) without waiting for a worker.
     pub async fn enqueue_command(&self, env: &Envelope<Command>) -> Result<bool, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", env.id.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(self.subjects.cmd(&env.kind), headers, env.to_bytes()?)
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        Ok(!ack.duplicate)
+        if let Some(rid) = &env.request_id {
+            // Also in the headers, so `nats stream view` shows it without decoding the body.
+            headers.insert("X-Request-Id", rid.as_str());
+        }
+        let res = async {
+            self.js
+                .publish_with_headers(self.subjects.cmd(&env.kind), headers, env.to_bytes()?)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        }
+        .await;
+        let outcome = match &res {
+            Ok(ack) if ack.duplicate => "duplicate",
+            Ok(_) => "stored",
+            Err(_) => "error",
+        };
+        self.metrics
+            .commands_published
+            .with_label_values(&[env.kind.as_str(), outcome])
+            .inc();
+        Ok(!res?.duplicate)
     }
 
     /// Publishes a command and waits up to `deadline` for the worker's reply.
@@ -272,6 +344,7 @@ impl Bus {
         let mut env = Envelope::new(id, self.originator.clone(), cmd);
         env.request_id = request_id;
         env.reply_to = Some(format!("{}.{}", self.reply_prefix, id.simple()));
+        let replies = &self.metrics.command_replies;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
@@ -284,9 +357,17 @@ impl Bus {
             return Err(e);
         }
         match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(reply)) => Ok(CommandOutcome::Completed(reply)),
+            Ok(Ok(reply)) => {
+                replies
+                    .with_label_values(&[env.kind.as_str(), "completed"])
+                    .inc();
+                Ok(CommandOutcome::Completed(reply))
+            }
             _ => {
                 self.forget(id);
+                replies
+                    .with_label_values(&[env.kind.as_str(), "accepted"])
+                    .inc();
                 Ok(CommandOutcome::Accepted { command_id: id })
             }
         }
@@ -306,6 +387,10 @@ impl Bus {
     pub async fn publish_event_with_id(&self, id: Uuid, event: Event) -> Result<u64, BusError> {
         let subject = self.subjects.event(&event);
         let env = Envelope::new(id, self.originator.clone(), event);
+        self.metrics
+            .events_published
+            .with_label_values(&[env.kind.as_str()])
+            .inc();
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.to_string().as_str());
         let ack = self
@@ -333,11 +418,16 @@ impl Bus {
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_per_subject_limit(&e) => Ok(false),
-            Err(e) => Err(BusError::Unavailable(e.to_string())),
-        }
+        let (outcome, result) = match res {
+            Ok(_) => ("queued", Ok(true)),
+            Err(e) if is_per_subject_limit(&e) => ("coalesced", Ok(false)),
+            Err(e) => ("error", Err(BusError::Unavailable(e.to_string()))),
+        };
+        self.metrics
+            .schedule_requests
+            .with_label_values(&[outcome])
+            .inc();
+        result
     }
 
     /// The workers' shared durable pull consumer on CMD.

@@ -53,3 +53,78 @@ pub async fn bus_stats(bus: &Bus) -> anyhow::Result<Vec<StreamStats>> {
     }
     Ok(out)
 }
+
+/// Stream depths and consumer lag, sampled from JetStream on every scrape (a few
+/// `STREAM.INFO`/`CONSUMER.INFO` requests; cheaper than keeping them live).
+pub fn stream_depth_sampler(
+    bus: Bus,
+    registry: &bai_core::metrics::prometheus::Registry,
+) -> bai_core::metrics::Sampler {
+    use bai_core::metrics::{gauge_vec, register};
+    let messages = gauge_vec(
+        "bai_stream_messages",
+        "Messages stored in a JetStream stream (sampled on scrape)",
+        &["stream"],
+    );
+    let bytes = gauge_vec(
+        "bai_stream_bytes",
+        "Bytes stored in a JetStream stream (sampled on scrape)",
+        &["stream"],
+    );
+    let pending = gauge_vec(
+        "bai_consumer_pending",
+        "Messages not yet delivered to a durable consumer (sampled on scrape)",
+        &["stream", "consumer"],
+    );
+    let ack_pending = gauge_vec(
+        "bai_consumer_ack_pending",
+        "Messages delivered but not yet acknowledged (sampled on scrape)",
+        &["stream", "consumer"],
+    );
+    let redelivered = gauge_vec(
+        "bai_consumer_redelivered",
+        "Messages being redelivered (sampled on scrape)",
+        &["stream", "consumer"],
+    );
+    for g in [&messages, &bytes, &pending, &ack_pending, &redelivered] {
+        register(registry, g.clone());
+    }
+    std::sync::Arc::new(move || {
+        let (bus, messages, bytes, pending, ack_pending, redelivered) = (
+            bus.clone(),
+            messages.clone(),
+            bytes.clone(),
+            pending.clone(),
+            ack_pending.clone(),
+            redelivered.clone(),
+        );
+        Box::pin(async move {
+            let stats = match bus_stats(&bus).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "stream depths not sampled");
+                    return;
+                }
+            };
+            for s in stats {
+                let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                messages
+                    .with_label_values(&[s.stream.as_str()])
+                    .set(to_i64(s.messages));
+                bytes
+                    .with_label_values(&[s.stream.as_str()])
+                    .set(to_i64(s.bytes));
+                for c in s.consumers {
+                    let l = [s.stream.as_str(), c.name.as_str()];
+                    pending.with_label_values(&l).set(to_i64(c.pending));
+                    ack_pending
+                        .with_label_values(&l)
+                        .set(to_i64(c.ack_pending as u64));
+                    redelivered
+                        .with_label_values(&l)
+                        .set(to_i64(c.redelivered as u64));
+                }
+            }
+        })
+    })
+}

@@ -18,8 +18,10 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
+use bai_core::metrics::prometheus::{HistogramVec, IntCounterVec};
 use bai_core::{Db, TxnError};
 use bai_events::{Bus, Command, CommandReply, Envelope, Event};
 
@@ -38,7 +40,9 @@ pub struct WorkerContext {
     pub metrics: Arc<WorkerMetrics>,
 }
 
-#[derive(Default, Debug)]
+/// A worker's counters. The plain atomics are for tests and benchmarks; the labelled
+/// Prometheus series (by command kind, by scaling group) are for `/metrics`, registered
+/// with [`WorkerMetrics::register`].
 pub struct WorkerMetrics {
     pub handled: AtomicU64,
     pub redelivered: AtomicU64,
@@ -46,6 +50,86 @@ pub struct WorkerMetrics {
     pub failed: AtomicU64,
     pub passes: AtomicU64,
     pub triggers: AtomicU64,
+    /// Commands by kind and outcome: `handled` (acked after commit), `nacked` (retried
+    /// later), `failed` (terminated), `redelivered` (a delivery after the first).
+    pub commands: IntCounterVec,
+    /// Handler duration by kind (settled deliveries, failures included).
+    pub command_seconds: HistogramVec,
+    /// Scheduling pass duration by scaling group.
+    pub pass_seconds: HistogramVec,
+    /// Sessions placed (PENDING → SCHEDULED) by scaling group.
+    pub placements: IntCounterVec,
+    /// Scheduling passes that failed, by scaling group.
+    pub pass_errors: IntCounterVec,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        use bai_core::metrics::{counter_vec, histogram_vec, latency_buckets};
+        Self {
+            handled: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            triggers: AtomicU64::new(0),
+            commands: counter_vec(
+                "bai_worker_commands_total",
+                "Commands seen by this worker by kind and outcome (handled, nacked, failed, redelivered)",
+                &["kind", "outcome"],
+            ),
+            command_seconds: histogram_vec(
+                "bai_worker_command_duration_seconds",
+                "Time spent handling a command, by kind",
+                &["kind"],
+                latency_buckets(),
+            ),
+            pass_seconds: histogram_vec(
+                "bai_scheduler_pass_duration_seconds",
+                "Duration of one scheduling pass (schedule + prepare) by scaling group",
+                &["scaling_group"],
+                latency_buckets(),
+            ),
+            placements: counter_vec(
+                "bai_scheduler_placements_total",
+                "Sessions placed on agents (PENDING -> SCHEDULED) by scaling group",
+                &["scaling_group"],
+            ),
+            pass_errors: counter_vec(
+                "bai_scheduler_pass_errors_total",
+                "Scheduling passes that failed, by scaling group",
+                &["scaling_group"],
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerMetrics")
+            .field("handled", &self.handled)
+            .field("redelivered", &self.redelivered)
+            .field("nacked", &self.nacked)
+            .field("failed", &self.failed)
+            .field("passes", &self.passes)
+            .field("triggers", &self.triggers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerMetrics {
+    pub fn register(&self, registry: &bai_core::metrics::prometheus::Registry) {
+        use bai_core::metrics::register;
+        register(registry, self.commands.clone());
+        register(registry, self.command_seconds.clone());
+        register(registry, self.pass_seconds.clone());
+        register(registry, self.placements.clone());
+        register(registry, self.pass_errors.clone());
+    }
+
+    fn command(&self, kind: &str, outcome: &str) {
+        self.commands.with_label_values(&[kind, outcome]).inc();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,8 +261,16 @@ async fn sleep_or_cancel(shutdown: &CancellationToken, backoff_ms: &mut u64) {
 async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) {
     let deliveries = msg.info().map(|i| i.delivered as u64).unwrap_or(1);
     let max_deliver = ctx.bus.options().max_deliver.max(1) as u64;
+    // The subject ends with the kind, so even an undecodable command is counted by kind.
+    let subject_kind = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or("unknown")
+        .to_string();
     if deliveries > 1 {
         ctx.metrics.redelivered.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.command(&subject_kind, "redelivered");
     }
     if deliveries > max_deliver {
         // Earlier deliveries died without settling (worker crashes, hangs past ack_wait):
@@ -187,6 +279,7 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
         tracing::error!(subject = %msg.subject, deliveries, "command exceeded its delivery bound; terminating it");
         settle(&msg, AckKind::Term).await;
         ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.command(&subject_kind, "failed");
         fail_event(
             ctx,
             id,
@@ -203,38 +296,75 @@ async fn process(ctx: &Arc<WorkerContext>, msg: async_nats::jetstream::Message) 
             let id = command_id_header(&msg).unwrap_or_else(Uuid::nil);
             tracing::error!(subject = %msg.subject, error = %e, "undecodable command; terminating it");
             settle(&msg, AckKind::Term).await;
+            ctx.metrics.command(&subject_kind, "failed");
             fail_event(ctx, id, "undecodable", &e.to_string(), deliveries).await;
             return;
         }
     };
     let span = tracing::info_span!("command", id = %env.id, kind = %env.kind, request_id = env.request_id.as_deref().unwrap_or(""));
-    let _enter = span.enter();
-    let outcome = if env.body.is_long_running() {
-        with_progress_acks(ctx, &msg, handlers::dispatch(ctx, &env)).await
-    } else {
-        handlers::dispatch(ctx, &env).await
-    };
+    let started = std::time::Instant::now();
+    // The request id also scopes the handler's agent RPCs, so the agent logs it too.
+    let outcome = bai_agent_proto::request_id::scope(
+        env.request_id.clone(),
+        async {
+            if env.body.is_long_running() {
+                with_progress_acks(ctx, &msg, handlers::dispatch(ctx, &env)).await
+            } else {
+                handlers::dispatch(ctx, &env).await
+            }
+        }
+        .instrument(span.clone()),
+    )
+    .await;
+    settle_outcome(ctx, &msg, &env, outcome, deliveries, max_deliver, started)
+        .instrument(span)
+        .await;
+}
+
+/// Settles a decoded command after its handler ran, counts it, and replies.
+async fn settle_outcome(
+    ctx: &Arc<WorkerContext>,
+    msg: &async_nats::jetstream::Message,
+    env: &Envelope<Command>,
+    outcome: Result<CommandReply, HandlerError>,
+    deliveries: u64,
+    max_deliver: u64,
+    started: std::time::Instant,
+) {
+    ctx.metrics
+        .command_seconds
+        .with_label_values(&[env.kind.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     match outcome {
         Ok(reply) => {
-            settle(&msg, AckKind::Ack).await;
+            settle(msg, AckKind::Ack).await;
             ctx.metrics.handled.fetch_add(1, Ordering::Relaxed);
-            send_reply(ctx, &env, &reply).await;
+            ctx.metrics.command(&env.kind, "handled");
+            // One line per command, in the span carrying the API's request id.
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                deliveries,
+                "command handled"
+            );
+            send_reply(ctx, env, &reply).await;
         }
         Err(HandlerError::Transient(e)) if deliveries < max_deliver => {
             // Back off 0.5 s, 1 s, 2 s ... (capped) before the next delivery.
             let delay = Duration::from_millis(500u64.saturating_mul(1 << (deliveries - 1).min(6)));
             tracing::warn!(error = %format!("{e:#}"), deliveries, "command failed; will retry");
             ctx.metrics.nacked.fetch_add(1, Ordering::Relaxed);
-            settle(&msg, AckKind::Nak(Some(delay.min(Duration::from_secs(30))))).await;
+            ctx.metrics.command(&env.kind, "nacked");
+            settle(msg, AckKind::Nak(Some(delay.min(Duration::from_secs(30))))).await;
         }
         Err(e) => {
             tracing::error!(error = %e, deliveries, "command failed for good; terminating it");
-            settle(&msg, AckKind::Term).await;
+            settle(msg, AckKind::Term).await;
             ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.command(&env.kind, "failed");
             fail_event(ctx, env.id, &env.kind, &e.to_string(), deliveries).await;
             send_reply(
                 ctx,
-                &env,
+                env,
                 &CommandReply::Failed {
                     error: e.to_string(),
                 },

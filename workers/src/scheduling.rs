@@ -93,7 +93,17 @@ pub async fn run_trigger_loop(
             let metrics = metrics.clone();
             tasks.spawn(async move {
                 metrics.passes.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = runner.run_pass(&group).await {
+                let started = std::time::Instant::now();
+                let res = runner.run_pass(&group).await;
+                metrics
+                    .pass_seconds
+                    .with_label_values(&[group.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(e) = res {
+                    metrics
+                        .pass_errors
+                        .with_label_values(&[group.as_str()])
+                        .inc();
                     tracing::error!(error = %format!("{e:#}"), group, "scheduling pass failed");
                 }
                 drop(permit);

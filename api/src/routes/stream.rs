@@ -42,7 +42,11 @@ pub async fn execute(
     txn.commit().await?;
     let t = target(&state, &session)?;
     let api = version.map(|Extension(v)| v.major).unwrap_or(6);
-    Ok(ws.on_upgrade(move |socket| run_execute(state, t, api, socket)))
+    // The socket runs in a task of its own: carry the request id into it for agent RPCs.
+    let request_id = bai_agent_proto::request_id::current();
+    Ok(ws.on_upgrade(move |socket| {
+        bai_agent_proto::request_id::scope(request_id, run_execute(state, t, api, socket))
+    }))
 }
 
 /// The next text frame (binary frames are read as UTF-8), or `None` when the client left.

@@ -46,6 +46,11 @@ impl PassRunner for SessionScheduler {
     fn run_pass<'a>(&'a self, scaling_group: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let n = schedule(&self.ctx, scaling_group).await?;
+            self.ctx
+                .metrics
+                .placements
+                .with_label_values(&[scaling_group])
+                .inc_by(n as u64);
             let m = prepare(&self.ctx, scaling_group).await?;
             if n > 0 || m > 0 {
                 tracing::debug!(
