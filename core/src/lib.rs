@@ -9,7 +9,9 @@ pub mod fixtures;
 pub mod keypair;
 pub mod redis;
 pub mod slots;
+pub mod storage_proxy;
 pub mod telemetry;
+pub mod vfolder;
 
 pub use config::Config;
 pub use db::{Db, Txn};
