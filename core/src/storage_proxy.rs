@@ -301,6 +301,19 @@ impl StorageProxies {
         }
     }
 
+    /// The process-wide instance for this etcd namespace (one client cache per process;
+    /// tests run several namespaces in one process).
+    pub fn shared(etcd: &Etcd) -> Self {
+        static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, StorageProxies>>> =
+            std::sync::OnceLock::new();
+        let map = CACHE.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
+        // A poisoned lock only means a thread panicked mid-insert; the map is still usable.
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(etcd.prefix().to_string())
+            .or_insert_with(|| StorageProxies::new(etcd.clone()))
+            .clone()
+    }
+
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
     }

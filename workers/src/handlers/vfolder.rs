@@ -8,8 +8,7 @@
 //! removed again if the proxy refuses), folder deletion after the row is gone (the proxy's
 //! delete is idempotent), and the clone copy in a background task started by the API.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -23,16 +22,9 @@ use crate::agents::derived_id;
 use crate::idempotency::run_once;
 use crate::runtime::{HandlerError, WorkerContext};
 
-/// The storage-proxy client cache of this process, per etcd namespace (tests run several
-/// namespaces in one process).
+/// The storage proxies of this process (see [`StorageProxies::shared`]).
 pub fn proxies(etcd: &bai_core::etcd::Etcd) -> StorageProxies {
-    static CACHE: OnceLock<Mutex<HashMap<String, StorageProxies>>> = OnceLock::new();
-    let map = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(etcd.prefix().to_string())
-        .or_insert_with(|| StorageProxies::new(etcd.clone()))
-        .clone()
+    StorageProxies::shared(etcd)
 }
 
 fn rejected(status: u16, error_type: &str, msg: impl Into<String>) -> Value {
