@@ -29,6 +29,10 @@ pub struct Config {
     pub manager: ManagerConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The storage proxy (`backend-ai storage start-server`); its section and keys are
+    /// snake_case (`[storage_proxy]`, `manager_addr`) as agreed in the storage contract.
+    #[serde(default, rename = "storage_proxy")]
+    pub storage_proxy: StorageProxyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -231,6 +235,65 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `[storage_proxy]`: the storage proxy's two listeners, secrets and volumes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageProxyConfig {
+    /// Proxy name; vfolder hosts are `<name>:<volume>`.
+    pub name: String,
+    /// Manager-facing API (shared-secret header auth).
+    pub manager_addr: String,
+    /// Client-facing API (tus upload, token download).
+    pub client_addr: String,
+    /// How clients reach `client_addr` (registered in etcd as `client_api`).
+    pub client_public_url: String,
+    /// URL the manager uses for `manager_addr` (registered as `manager_api`); derived from
+    /// `manager_addr` when unset.
+    pub manager_public_url: Option<String>,
+    /// Shared with the manager, sent as `X-BackendAI-Storage-Auth-Token`.
+    pub secret: String,
+    /// Signs the upload/download tokens (HS256).
+    pub jwt_secret: String,
+    /// Lifetime of upload/download tokens in seconds (the original's `session-expire`, 1 day).
+    pub token_ttl_secs: u64,
+    /// Register in etcd on start (`volumes/proxies/<name>/...`, `volumes/default_host`).
+    pub register_in_etcd: bool,
+    pub volumes: std::collections::BTreeMap<String, StorageVolumeConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageVolumeConfig {
+    /// Only `vfs` (a local directory) is implemented.
+    pub backend: String,
+    pub path: PathBuf,
+}
+
+impl Default for StorageProxyConfig {
+    fn default() -> Self {
+        let mut volumes = std::collections::BTreeMap::new();
+        volumes.insert(
+            "volume1".to_string(),
+            StorageVolumeConfig {
+                backend: "vfs".into(),
+                path: PathBuf::from("/var/lib/backend.ai/vfroot/volume1"),
+            },
+        );
+        Self {
+            name: "local".into(),
+            manager_addr: "127.0.0.1:6021".into(),
+            client_addr: "127.0.0.1:6022".into(),
+            client_public_url: "http://127.0.0.1:6022".into(),
+            manager_public_url: None,
+            secret: "some-secret-shared-with-manager".into(),
+            jwt_secret: "some-secret-for-jwt".into(),
+            token_ttl_secs: 86_400,
+            register_in_etcd: true,
+            volumes,
+        }
+    }
+}
+
 /// The original's environment variables and the config keys they override.
 const LEGACY_ENV: &[(&str, &str)] = &[
     ("BACKEND_NAMESPACE", "etcd.namespace"),
@@ -271,7 +334,14 @@ impl Config {
             Env::prefixed("BAI_")
                 .filter(|k| k.as_str().contains("__"))
                 .split("__")
-                .map(|k| k.as_str().replace('_', "-").into()),
+                .map(|k| {
+                    // `[storage_proxy]` keeps snake_case keys (storage contract).
+                    if k.as_str().to_ascii_lowercase().starts_with("storage_proxy.") {
+                        k.as_str().to_string().into()
+                    } else {
+                        k.as_str().replace('_', "-").into()
+                    }
+                }),
         );
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid {
             source_name: file
@@ -308,6 +378,14 @@ impl Config {
         }
         if self.manager.worker_concurrency == 0 {
             return Err(bad("manager.worker-concurrency", "must be >= 1"));
+        }
+        for (name, vol) in &self.storage_proxy.volumes {
+            if vol.backend != "vfs" {
+                return Err(bad(
+                    &format!("storage_proxy.volumes.{name}.backend"),
+                    "only \"vfs\" is supported",
+                ));
+            }
         }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return Err(bad("logging.format", "must be \"text\" or \"json\""));
