@@ -74,7 +74,10 @@ fn folder_routes() -> Router<AppState> {
     use axum::routing::delete;
     use routes::folders as f;
     Router::new()
-        .route("/folders", post(f::create).get(f::list).delete(f::delete_by_id))
+        .route(
+            "/folders",
+            post(f::create).get(f::list).delete(f::delete_by_id),
+        )
         .route("/folders/_/hosts", get(f::hosts))
         .route("/folders/_/all-hosts", get(f::all_hosts))
         .route("/folders/_/all_hosts", get(f::all_hosts))
@@ -82,8 +85,14 @@ fn folder_routes() -> Router<AppState> {
         .route("/folders/_/allowed_types", get(f::allowed_types))
         .route("/folders/_/shared", get(f::list_shared).post(f::set_shared))
         .route("/folders/invitations/list", get(f::list_invitations))
-        .route("/folders/invitations/list-sent", get(f::list_sent_invitations))
-        .route("/folders/invitations/list_sent", get(f::list_sent_invitations))
+        .route(
+            "/folders/invitations/list-sent",
+            get(f::list_sent_invitations),
+        )
+        .route(
+            "/folders/invitations/list_sent",
+            get(f::list_sent_invitations),
+        )
         .route(
             "/folders/invitations/update/{inv_id}",
             post(f::update_invitation),
@@ -95,7 +104,10 @@ fn folder_routes() -> Router<AppState> {
         .route("/folders/{name}/update-options", post(f::update_options))
         .route("/folders/{name}/mkdir", post(f::mkdir))
         .route("/folders/{name}/request-upload", post(f::request_upload))
-        .route("/folders/{name}/request-download", post(f::request_download))
+        .route(
+            "/folders/{name}/request-download",
+            post(f::request_download),
+        )
         .route("/folders/{name}/rename-file", post(f::rename_file))
         .route("/folders/{name}/rename_file", post(f::rename_file))
         .route("/folders/{name}/delete-files", delete(f::delete_files))

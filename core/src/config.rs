@@ -336,7 +336,10 @@ impl Config {
                 .split("__")
                 .map(|k| {
                     // `[storage_proxy]` keeps snake_case keys (storage contract).
-                    if k.as_str().to_ascii_lowercase().starts_with("storage_proxy.") {
+                    if k.as_str()
+                        .to_ascii_lowercase()
+                        .starts_with("storage_proxy.")
+                    {
                         k.as_str().to_string().into()
                     } else {
                         k.as_str().replace('_', "-").into()

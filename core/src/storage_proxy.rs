@@ -112,7 +112,12 @@ impl ProxyClient {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>, ProxyError> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Value>, ProxyError> {
         let mut rb = self
             .http
             .request(method, format!("{}{}", self.manager_api, path))
@@ -180,14 +185,21 @@ impl ProxyClient {
 
     /// `(capacity_bytes, used_bytes)` of a volume.
     pub async fn volume_usage(&self, volume: &str) -> Result<(i64, i64), ProxyError> {
-        let v = self.post("/volume/usage", json!({ "volume": volume })).await?;
+        let v = self
+            .post("/volume/usage", json!({ "volume": volume }))
+            .await?;
         Ok((
             Self::field(&v, "capacity_bytes")?,
             Self::field(&v, "used_bytes")?,
         ))
     }
 
-    pub async fn create_folder(&self, volume: &str, vfid: Uuid, quota: Option<i64>) -> Result<(), ProxyError> {
+    pub async fn create_folder(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        quota: Option<i64>,
+    ) -> Result<(), ProxyError> {
         let mut body = json!({ "volume": volume, "vfid": vfid });
         if let Some(q) = quota {
             body["options"] = json!({ "quota": q });
@@ -215,7 +227,10 @@ impl ProxyClient {
         let v = self
             .post("/folder/usage", json!({ "volume": volume, "vfid": vfid }))
             .await?;
-        Ok((Self::field(&v, "file_count")?, Self::field(&v, "used_bytes")?))
+        Ok((
+            Self::field(&v, "file_count")?,
+            Self::field(&v, "used_bytes")?,
+        ))
     }
 
     /// The folder's absolute path on the proxy's host (for process agents on that host).
@@ -226,7 +241,14 @@ impl ProxyClient {
         Self::field(&v, "path")
     }
 
-    pub async fn mkdir(&self, volume: &str, vfid: Uuid, relpath: &str, parents: bool, exist_ok: bool) -> Result<(), ProxyError> {
+    pub async fn mkdir(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpath: &str,
+        parents: bool,
+        exist_ok: bool,
+    ) -> Result<(), ProxyError> {
         self.post(
             "/folder/file/mkdir",
             json!({ "volume": volume, "vfid": vfid, "relpath": relpath, "parents": parents, "exist_ok": exist_ok }),
@@ -235,7 +257,12 @@ impl ProxyClient {
         .map(|_| ())
     }
 
-    pub async fn list(&self, volume: &str, vfid: Uuid, relpath: &str) -> Result<Vec<DirEntry>, ProxyError> {
+    pub async fn list(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpath: &str,
+    ) -> Result<Vec<DirEntry>, ProxyError> {
         let v = self
             .post(
                 "/folder/file/list",
@@ -245,7 +272,14 @@ impl ProxyClient {
         Self::field(&v, "items")
     }
 
-    pub async fn rename_file(&self, volume: &str, vfid: Uuid, relpath: &str, new_name: &str, is_dir: bool) -> Result<(), ProxyError> {
+    pub async fn rename_file(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpath: &str,
+        new_name: &str,
+        is_dir: bool,
+    ) -> Result<(), ProxyError> {
         self.post(
             "/folder/file/rename",
             json!({ "volume": volume, "vfid": vfid, "relpath": relpath, "new_name": new_name, "is_dir": is_dir }),
@@ -254,7 +288,13 @@ impl ProxyClient {
         .map(|_| ())
     }
 
-    pub async fn delete_files(&self, volume: &str, vfid: Uuid, relpaths: &[String], recursive: bool) -> Result<(), ProxyError> {
+    pub async fn delete_files(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpaths: &[String],
+        recursive: bool,
+    ) -> Result<(), ProxyError> {
         self.post(
             "/folder/file/delete",
             json!({ "volume": volume, "vfid": vfid, "relpaths": relpaths, "recursive": recursive }),
@@ -263,7 +303,13 @@ impl ProxyClient {
         .map(|_| ())
     }
 
-    pub async fn upload_token(&self, volume: &str, vfid: Uuid, relpath: &str, size: i64) -> Result<String, ProxyError> {
+    pub async fn upload_token(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpath: &str,
+        size: i64,
+    ) -> Result<String, ProxyError> {
         let v = self
             .post(
                 "/folder/file/upload",
@@ -273,7 +319,13 @@ impl ProxyClient {
         Self::field(&v, "token")
     }
 
-    pub async fn download_token(&self, volume: &str, vfid: Uuid, relpath: &str, archive: bool) -> Result<String, ProxyError> {
+    pub async fn download_token(
+        &self,
+        volume: &str,
+        vfid: Uuid,
+        relpath: &str,
+        archive: bool,
+    ) -> Result<String, ProxyError> {
         let v = self
             .post(
                 "/folder/file/download",

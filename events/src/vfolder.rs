@@ -31,10 +31,17 @@ pub enum VfolderOp {
         cloneable: bool,
     },
     /// `DELETE /folders/{name}`.
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// `DELETE /folders` (superadmin, by id).
-    DeleteById { id: Uuid },
-    Rename { name: String, new_name: String },
+    DeleteById {
+        id: Uuid,
+    },
+    Rename {
+        name: String,
+        new_name: String,
+    },
     UpdateOptions {
         name: String,
         cloneable: Option<bool>,
@@ -45,16 +52,28 @@ pub enum VfolderOp {
         permission: String,
         emails: Vec<String>,
     },
-    UpdateInvitation { inv_id: Uuid, permission: String },
-    AcceptInvitation { inv_id: Uuid },
-    DeleteInvitation { inv_id: Uuid },
-    Leave { name: String },
+    UpdateInvitation {
+        inv_id: Uuid,
+        permission: String,
+    },
+    AcceptInvitation {
+        inv_id: Uuid,
+    },
+    DeleteInvitation {
+        inv_id: Uuid,
+    },
+    Leave {
+        name: String,
+    },
     Share {
         name: String,
         permission: String,
         emails: Vec<String>,
     },
-    Unshare { name: String, emails: Vec<String> },
+    Unshare {
+        name: String,
+        emails: Vec<String>,
+    },
     /// `POST /folders/_/shared`: set (`Some`) or remove (`None`) a user's share.
     SetShared {
         vfolder: Uuid,

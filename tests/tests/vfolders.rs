@@ -73,7 +73,10 @@ async fn env() -> Env {
 /// A fresh active user (role `user`) in the default domain, optionally in the default
 /// group, with a keypair.
 async fn new_user(app: &TestApp, tag: &str, in_group: bool) -> (SignedClient, String, Uuid) {
-    let email = format!("{tag}-{}@example.com", &Uuid::new_v4().simple().to_string()[..8]);
+    let email = format!(
+        "{tag}-{}@example.com",
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
     let uuid: Uuid = sqlx::query_scalar(
         "INSERT INTO users (username, email, password, need_password_change, status, domain_name, role) \
          VALUES ($1, $1, 'x', false, 'active', 'default', 'user') RETURNING uuid",
@@ -100,7 +103,9 @@ async fn call(c: &SignedClient, m: Method, path: &str, body: Option<Value>) -> (
 
 /// Path of a folder's directory on the volume (the proxy's layout).
 fn folder_dir(root: &Path, id_hex: &str) -> PathBuf {
-    root.join(&id_hex[0..2]).join(&id_hex[2..4]).join(&id_hex[4..])
+    root.join(&id_hex[0..2])
+        .join(&id_hex[2..4])
+        .join(&id_hex[4..])
 }
 
 async fn create(c: &SignedClient, body: Value) -> Value {
@@ -199,7 +204,10 @@ async fn create_list_info_delete_and_errors() {
 
     let (s, v) = call(&user, Method::GET, "/folders/_/hosts", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"default": "local:volume1", "allowed": ["local:volume1"]}));
+    assert_eq!(
+        v,
+        json!({"default": "local:volume1", "allowed": ["local:volume1"]})
+    );
     let (s, v) = call(&user, Method::GET, "/folders/_/allowed_types", None).await;
     assert_eq!((s, v), (StatusCode::OK, json!(["group", "user"])));
     let (s, _) = call(&user, Method::GET, "/folders/_/all_hosts", None).await;
@@ -223,12 +231,39 @@ async fn create_list_info_delete_and_errors() {
     assert!(folder_dir(&e.root, &id).is_dir(), "created on the volume");
 
     // Errors.
-    let (s, v) = call(&user, Method::POST, "/folders", Some(json!({"name": "mydata"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "vfolder-already-exists"));
-    let (s, v) = call(&user, Method::POST, "/folders", Some(json!({"name": ".ssh"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"));
-    let (s, v) = call(&user, Method::POST, "/folders", Some(json!({"name": "a/b"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"));
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders",
+        Some(json!({"name": "mydata"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "vfolder-already-exists")
+    );
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders",
+        Some(json!({"name": ".ssh"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params")
+    );
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders",
+        Some(json!({"name": "a/b"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params")
+    );
     let (s, v) = call(
         &user,
         Method::POST,
@@ -236,9 +271,22 @@ async fn create_list_info_delete_and_errors() {
         Some(json!({"name": "x1", "host": "local:nope"})),
     )
     .await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"), "{v}");
-    let (s, v) = call(&user, Method::POST, "/folders", Some(json!({"name": "x2", "bogus": 1}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"));
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders",
+        Some(json!({"name": "x2", "bogus": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params")
+    );
     let (s, v) = call(
         &user,
         Method::POST,
@@ -246,7 +294,11 @@ async fn create_list_info_delete_and_errors() {
         Some(json!({"name": "g1", "group": "default"})),
     )
     .await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::FORBIDDEN, "generic-forbidden"), "{v}");
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::FORBIDDEN, "generic-forbidden"),
+        "{v}"
+    );
     let dadmin = app.domain_admin().await;
     let (s, v) = call(
         &dadmin,
@@ -255,7 +307,11 @@ async fn create_list_info_delete_and_errors() {
         Some(json!({"name": "g1", "group": "no-such-group"})),
     )
     .await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::NOT_FOUND, "group-not-found"), "{v}");
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::NOT_FOUND, "group-not-found"),
+        "{v}"
+    );
 
     // Info: counts from the proxy; the original's keys.
     std::fs::write(folder_dir(&e.root, &id).join("a.txt"), b"hello").unwrap();
@@ -268,7 +324,10 @@ async fn create_list_info_delete_and_errors() {
     assert_eq!(v["group"], "None");
     assert_eq!(v["type"], "user");
     let (s, v) = call(&user, Method::GET, "/folders/nope", None).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::NOT_FOUND, "vfolder-not-found"));
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::NOT_FOUND, "vfolder-not-found")
+    );
 
     // List; rename; update-options.
     let (s, v) = call(&user, Method::GET, "/folders", Some(json!({"all": false}))).await;
@@ -303,7 +362,10 @@ async fn create_list_info_delete_and_errors() {
 
     // Delete: unknown → 400 (errata §2.2); then 204 and the data is gone.
     let (s, v) = call(&user, Method::DELETE, "/folders/nope", None).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"));
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params")
+    );
     let (s, _) = call(&user, Method::DELETE, "/folders/renamed", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(!folder_dir(&e.root, &id).exists(), "data deleted");
@@ -312,18 +374,30 @@ async fn create_list_info_delete_and_errors() {
 
     // Superadmin delete by id.
     let v = create(&user, json!({"name": "byid"})).await;
-    let (s, _) = call(&su, Method::DELETE, "/folders", Some(json!({"id": v["id"]}))).await;
+    let (s, _) = call(
+        &su,
+        Method::DELETE,
+        "/folders",
+        Some(json!({"id": v["id"]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 
     // max_vfolder_count (policy `default`: 10).
-    sqlx::query("UPDATE keypair_resource_policies SET max_vfolder_count = 2 WHERE name = 'default'")
-        .execute(app.db.db.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE keypair_resource_policies SET max_vfolder_count = 2 WHERE name = 'default'",
+    )
+    .execute(app.db.db.pool())
+    .await
+    .unwrap();
     create(&user, json!({"name": "c1"})).await;
     create(&user, json!({"name": "c2"})).await;
     let (s, v) = call(&user, Method::POST, "/folders", Some(json!({"name": "c3"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"), "{v}");
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "invalid-api-params"),
+        "{v}"
+    );
     assert_eq!(v["msg"], "You cannot create more vfolders.");
 }
 
@@ -334,11 +408,20 @@ async fn file_operations_and_path_safety() {
     let v = create(&user, json!({"name": "work"})).await;
     let dir = folder_dir(&e.root, v["id"].as_str().unwrap());
 
-    let (s, v) = call(&user, Method::POST, "/folders/work/mkdir", Some(json!({"path": "a/b"}))).await;
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders/work/mkdir",
+        Some(json!({"path": "a/b"})),
+    )
+    .await;
     assert_eq!((s, v), (StatusCode::CREATED, Value::Null));
     assert!(dir.join("a/b").is_dir());
     upload(&user, "work", "a/data.bin", &[7u8; 4096]).await;
-    assert_eq!(std::fs::read(dir.join("a/data.bin")).unwrap(), vec![7u8; 4096]);
+    assert_eq!(
+        std::fs::read(dir.join("a/data.bin")).unwrap(),
+        vec![7u8; 4096]
+    );
     assert_eq!(download(&user, "work", "a/data.bin").await, vec![7u8; 4096]);
 
     let (s, v) = ls(&user, "work", "a").await;
@@ -400,7 +483,12 @@ async fn file_operations_and_path_safety() {
     let outside = e.root.join("outside.txt");
     std::fs::write(&outside, b"secret").unwrap();
     std::os::unix::fs::symlink(&e.root, dir.join("escape")).unwrap();
-    for bad in ["../../../outside.txt", "/etc", "escape/outside.txt", "a/../../x"] {
+    for bad in [
+        "../../../outside.txt",
+        "/etc",
+        "escape/outside.txt",
+        "a/../../x",
+    ] {
         let (s, v) = ls(&user, "work", bad).await;
         assert_eq!(
             (s, problem_slug(&v)),
@@ -453,7 +541,11 @@ async fn permission_matrix() {
 
     // A user folder shared by invitation at three levels.
     create(&owner, json!({"name": "shared"})).await;
-    for (c, mail, perm) in [(&inv_ro, &ro_mail, "ro"), (&inv_rw, &rw_mail, "rw"), (&inv_wd, &wd_mail, "wd")] {
+    for (c, mail, perm) in [
+        (&inv_ro, &ro_mail, "ro"),
+        (&inv_rw, &rw_mail, "rw"),
+        (&inv_wd, &wd_mail, "wd"),
+    ] {
         let (s, v) = call(
             &owner,
             Method::POST,
@@ -483,13 +575,48 @@ async fn permission_matrix() {
         mkdir: bool,
     }
     let cases = [
-        Case { who: "owner", c: &owner, info: true, mkdir: true },
-        Case { who: "ro", c: &inv_ro, info: true, mkdir: false },
-        Case { who: "rw", c: &inv_rw, info: true, mkdir: true },
-        Case { who: "wd", c: &inv_wd, info: true, mkdir: true },
-        Case { who: "stranger", c: &stranger, info: false, mkdir: false },
-        Case { who: "domain admin", c: &dadmin, info: false, mkdir: false },
-        Case { who: "superadmin", c: &su, info: false, mkdir: false },
+        Case {
+            who: "owner",
+            c: &owner,
+            info: true,
+            mkdir: true,
+        },
+        Case {
+            who: "ro",
+            c: &inv_ro,
+            info: true,
+            mkdir: false,
+        },
+        Case {
+            who: "rw",
+            c: &inv_rw,
+            info: true,
+            mkdir: true,
+        },
+        Case {
+            who: "wd",
+            c: &inv_wd,
+            info: true,
+            mkdir: true,
+        },
+        Case {
+            who: "stranger",
+            c: &stranger,
+            info: false,
+            mkdir: false,
+        },
+        Case {
+            who: "domain admin",
+            c: &dadmin,
+            info: false,
+            mkdir: false,
+        },
+        Case {
+            who: "superadmin",
+            c: &su,
+            info: false,
+            mkdir: false,
+        },
     ];
     for (i, case) in cases.iter().enumerate() {
         let (s, v) = call(case.c, Method::GET, "/folders/shared", None).await;
@@ -506,7 +633,12 @@ async fn permission_matrix() {
             Some(json!({ "path": format!("d{i}") })),
         )
         .await;
-        assert_eq!(s == StatusCode::CREATED, case.mkdir, "mkdir by {}: {v}", case.who);
+        assert_eq!(
+            s == StatusCode::CREATED,
+            case.mkdir,
+            "mkdir by {}: {v}",
+            case.who
+        );
         let (s, v) = call(
             case.c,
             Method::POST,
@@ -514,7 +646,12 @@ async fn permission_matrix() {
             Some(json!({"path": format!("f{i}"), "size": 1})),
         )
         .await;
-        assert_eq!(s == StatusCode::OK, case.mkdir, "upload by {}: {v}", case.who);
+        assert_eq!(
+            s == StatusCode::OK,
+            case.mkdir,
+            "upload by {}: {v}",
+            case.who
+        );
         let (s, v) = call(
             case.c,
             Method::POST,
@@ -531,18 +668,44 @@ async fn permission_matrix() {
     }
     // Invitee views: not the owner, their own permission.
     let (_, v) = call(&inv_ro, Method::GET, "/folders/shared", None).await;
-    assert_eq!((v["is_owner"].clone(), v["permission"].clone()), (json!(false), json!("ro")));
-    // Only the owner renames or changes options; the wd invitee cannot either.
-    for c in [&inv_rw, &inv_wd] {
-        let (s, v) = call(c, Method::POST, "/folders/shared/rename", Some(json!({"new_name": "x"}))).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        (v["is_owner"].clone(), v["permission"].clone()),
+        (json!(false), json!("ro"))
+    );
+    // Only the owner renames or changes options: perm-wd first (rw: 404), then ownership
+    // (wd invitee: 400).
+    for (c, want) in [
+        (&inv_rw, StatusCode::NOT_FOUND),
+        (&inv_wd, StatusCode::BAD_REQUEST),
+    ] {
+        let (s, v) = call(
+            c,
+            Method::POST,
+            "/folders/shared/rename",
+            Some(json!({"new_name": "x"})),
+        )
+        .await;
+        assert_eq!(s, want, "{v}");
     }
-    let (s, v) = call(&inv_ro, Method::POST, "/folders/shared/update-options", Some(json!({"cloneable": true}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::NOT_FOUND, "vfolder-not-found"));
+    let (s, v) = call(
+        &inv_ro,
+        Method::POST,
+        "/folders/shared/update-options",
+        Some(json!({"cloneable": true})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::NOT_FOUND, "vfolder-not-found")
+    );
     // Delete: ro and rw invitees refused (400), the wd invitee may.
     for c in [&inv_ro, &inv_rw] {
         let (s, v) = call(c, Method::DELETE, "/folders/shared", None).await;
-        assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "invalid-api-params"), "{v}");
+        assert_eq!(
+            (s, problem_slug(&v)),
+            (StatusCode::BAD_REQUEST, "invalid-api-params"),
+            "{v}"
+        );
     }
     let (s, _) = call(&stranger, Method::DELETE, "/folders/shared", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -564,17 +727,42 @@ async fn permission_matrix() {
         assert_eq!(v["group"], DEFAULT_GROUP);
         let (s, v) = call(&member, Method::GET, &format!("/folders/{name}"), None).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!((v["permission"].clone(), v["is_owner"].clone()), (json!(perm), json!(false)));
-        let (s, _) = call(&member, Method::POST, &format!("/folders/{name}/mkdir"), Some(json!({"path": "m"}))).await;
-        assert_eq!(s == StatusCode::CREATED, perm != "ro", "member mkdir on {perm}");
-        let (s, _) = call(&dadmin, Method::POST, &format!("/folders/{name}/mkdir"), Some(json!({"path": "a", "exist_ok": true}))).await;
+        assert_eq!(
+            (v["permission"].clone(), v["is_owner"].clone()),
+            (json!(perm), json!(false))
+        );
+        let (s, _) = call(
+            &member,
+            Method::POST,
+            &format!("/folders/{name}/mkdir"),
+            Some(json!({"path": "m"})),
+        )
+        .await;
+        assert_eq!(
+            s == StatusCode::CREATED,
+            perm != "ro",
+            "member mkdir on {perm}"
+        );
+        let (s, _) = call(
+            &dadmin,
+            Method::POST,
+            &format!("/folders/{name}/mkdir"),
+            Some(json!({"path": "a", "exist_ok": true})),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "admin mkdir on {perm}");
         let (s, _) = call(&su, Method::GET, &format!("/folders/{name}"), None).await;
         assert_eq!(s, StatusCode::OK, "superadmin info on {perm}");
         let (s, _) = call(&stranger, Method::GET, &format!("/folders/{name}"), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         // Members cannot leave or rename group folders.
-        let (s, _) = call(&member, Method::POST, &format!("/folders/{name}/leave"), None).await;
+        let (s, _) = call(
+            &member,
+            Method::POST,
+            &format!("/folders/{name}/leave"),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
     }
     let (s, _) = call(&member, Method::DELETE, "/folders/grp-rw", None).await;
@@ -584,7 +772,13 @@ async fn permission_matrix() {
     let (s, _) = call(&dadmin, Method::DELETE, "/folders/grp-ro", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "admin can delete");
     // The group filter keeps user folders and the given group's.
-    let (_, v) = call(&member, Method::GET, &format!("/folders?group_id={DEFAULT_GROUP}"), None).await;
+    let (_, v) = call(
+        &member,
+        Method::GET,
+        &format!("/folders?group_id={DEFAULT_GROUP}"),
+        None,
+    )
+    .await;
     assert_eq!(names_of(&v), vec!["grp-rw"]);
 }
 
@@ -598,13 +792,34 @@ async fn invitations_flow() {
     create(&alice, json!({"name": "proj"})).await;
 
     // Invite errors: unknown folder, nobody to invite, dot-prefixed.
-    let (s, _) = call(&alice, Method::POST, "/folders/nope/invite", Some(json!({"user_ids": [bob_mail]}))).await;
+    let (s, _) = call(
+        &alice,
+        Method::POST,
+        "/folders/nope/invite",
+        Some(json!({"user_ids": [bob_mail]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = call(&alice, Method::POST, "/folders/proj/invite", Some(json!({"user_ids": ["nobody@x.y"]}))).await;
+    let (s, _) = call(
+        &alice,
+        Method::POST,
+        "/folders/proj/invite",
+        Some(json!({"user_ids": ["nobody@x.y"]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     create(&alice, json!({"name": ".hidden"})).await;
-    let (s, v) = call(&alice, Method::POST, "/folders/.hidden/invite", Some(json!({"emails": [bob_mail]}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::FORBIDDEN, "generic-forbidden"));
+    let (s, v) = call(
+        &alice,
+        Method::POST,
+        "/folders/.hidden/invite",
+        Some(json!({"emails": [bob_mail]})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::FORBIDDEN, "generic-forbidden")
+    );
 
     let (s, v) = call(
         &alice,
@@ -620,7 +835,13 @@ async fn invitations_flow() {
     want.sort();
     assert_eq!(ids, want);
     // A repeated invitation is not duplicated.
-    let (_, v) = call(&alice, Method::POST, "/folders/proj/invite", Some(json!({"user_ids": [bob_mail]}))).await;
+    let (_, v) = call(
+        &alice,
+        Method::POST,
+        "/folders/proj/invite",
+        Some(json!({"user_ids": [bob_mail]})),
+    )
+    .await;
     assert_eq!(v["invited_ids"], json!([]));
 
     let (_, sent) = call(&alice, Method::GET, "/folders/invitations/list_sent", None).await;
@@ -646,16 +867,43 @@ async fn invitations_flow() {
     assert_eq!(s, StatusCode::OK);
     assert!(v["msg"].as_str().unwrap().contains(&bob_inv));
     // Only the invitee accepts.
-    let (s, _) = call(&carol, Method::POST, "/folders/invitations/accept", Some(json!({"inv_id": bob_inv}))).await;
+    let (s, _) = call(
+        &carol,
+        Method::POST,
+        "/folders/invitations/accept",
+        Some(json!({"inv_id": bob_inv})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, v) = call(&bob, Method::POST, "/folders/invitations/accept", Some(json!({"inv_id": bob_inv}))).await;
+    let (s, v) = call(
+        &bob,
+        Method::POST,
+        "/folders/invitations/accept",
+        Some(json!({"inv_id": bob_inv})),
+    )
+    .await;
     assert_eq!((s, v), (StatusCode::OK, json!({})));
-    let (s, _) = call(&bob, Method::POST, "/folders/invitations/accept", Some(json!({"inv_id": bob_inv}))).await;
+    let (s, _) = call(
+        &bob,
+        Method::POST,
+        "/folders/invitations/accept",
+        Some(json!({"inv_id": bob_inv})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "no longer pending");
     let (_, v) = call(&bob, Method::GET, "/folders", None).await;
     assert_eq!(names_of(&v), vec!["proj"]);
-    assert_eq!((v[0]["permission"].clone(), v[0]["is_owner"].clone()), (json!("rw"), json!(false)));
-    let (s, _) = call(&bob, Method::POST, "/folders/proj/mkdir", Some(json!({"path": "bobs"}))).await;
+    assert_eq!(
+        (v[0]["permission"].clone(), v[0]["is_owner"].clone()),
+        (json!("rw"), json!(false))
+    );
+    let (s, _) = call(
+        &bob,
+        Method::POST,
+        "/folders/proj/mkdir",
+        Some(json!({"path": "bobs"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
 
     // _/shared lists the share; the owner changes it, then removes it.
@@ -688,27 +936,52 @@ async fn invitations_flow() {
     // Carol rejects; the owner cannot leave; bob leaves.
     let (_, v) = call(&carol, Method::GET, "/folders/invitations/list", None).await;
     let carol_inv = v["invitations"][0]["id"].as_str().unwrap().to_string();
-    let (s, _) = call(&bob, Method::DELETE, "/folders/invitations/delete", Some(json!({"inv_id": carol_inv}))).await;
+    let (s, _) = call(
+        &bob,
+        Method::DELETE,
+        "/folders/invitations/delete",
+        Some(json!({"inv_id": carol_inv})),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "neither inviter nor invitee");
-    let (s, v) = call(&carol, Method::DELETE, "/folders/invitations/delete", Some(json!({"inv_id": carol_inv}))).await;
+    let (s, v) = call(
+        &carol,
+        Method::DELETE,
+        "/folders/invitations/delete",
+        Some(json!({"inv_id": carol_inv})),
+    )
+    .await;
     assert_eq!((s, v), (StatusCode::OK, json!({})));
-    let state: String = sqlx::query_scalar("SELECT state::text FROM vfolder_invitations WHERE id = $1")
-        .bind(Uuid::parse_str(&carol_inv).unwrap())
-        .fetch_one(app.db.db.pool())
-        .await
-        .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state::text FROM vfolder_invitations WHERE id = $1")
+            .bind(Uuid::parse_str(&carol_inv).unwrap())
+            .fetch_one(app.db.db.pool())
+            .await
+            .unwrap();
     assert_eq!(state, "rejected");
     let (s, _) = call(&alice, Method::POST, "/folders/proj/leave", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, v) = call(&bob, Method::POST, "/folders/proj/leave", None).await;
-    assert_eq!((s, v["msg"].clone()), (StatusCode::OK, json!("left the shared vfolder")));
+    assert_eq!(
+        (s, v["msg"].clone()),
+        (StatusCode::OK, json!("left the shared vfolder"))
+    );
     let (_, v) = call(&bob, Method::GET, "/folders", None).await;
     assert_eq!(v, json!([]));
 
     // An invitee that already has a folder of that name cannot be invited.
     create(&carol, json!({"name": "proj"})).await;
-    let (s, v) = call(&alice, Method::POST, "/folders/proj/invite", Some(json!({"user_ids": [carol_mail]}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "vfolder-already-exists"));
+    let (s, v) = call(
+        &alice,
+        Method::POST,
+        "/folders/proj/invite",
+        Some(json!({"user_ids": [carol_mail]})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "vfolder-already-exists")
+    );
 }
 
 #[tokio::test]
@@ -718,17 +991,42 @@ async fn group_share_and_unshare() {
     let (member, member_mail, _) = new_user(app, "member", true).await;
     let (_outsider, outsider_mail, _) = new_user(app, "outsider", false).await;
     let dadmin = app.domain_admin().await;
-    create(&dadmin, json!({"name": "team", "group": "default", "permission": "ro"})).await;
+    create(
+        &dadmin,
+        json!({"name": "team", "group": "default", "permission": "ro"}),
+    )
+    .await;
     create(&member, json!({"name": "mine"})).await;
 
-    let (s, _) = call(&member, Method::POST, "/folders/team/mkdir", Some(json!({"path": "x"}))).await;
+    let (s, _) = call(
+        &member,
+        Method::POST,
+        "/folders/team/mkdir",
+        Some(json!({"path": "x"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "ro for members");
     // Admin only.
-    let (s, v) = call(&member, Method::POST, "/folders/team/share", Some(json!({"emails": [member_mail]}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::UNAUTHORIZED, "auth-failed"));
+    let (s, v) = call(
+        &member,
+        Method::POST,
+        "/folders/team/share",
+        Some(json!({"emails": [member_mail]})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::UNAUTHORIZED, "auth-failed")
+    );
     // Only group folders.
     let su = app.superadmin().await;
-    let (s, v) = call(&dadmin, Method::POST, "/folders/mine/share", Some(json!({"emails": [member_mail]}))).await;
+    let (s, v) = call(
+        &dadmin,
+        Method::POST,
+        "/folders/mine/share",
+        Some(json!({"emails": [member_mail]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     // Users must belong to the folder's group.
     let (s, v) = call(
@@ -748,10 +1046,19 @@ async fn group_share_and_unshare() {
         Some(json!({"permission": "rw", "emails": [member_mail]})),
     )
     .await;
-    assert_eq!((s, v), (StatusCode::CREATED, json!({"shared_emails": [member_mail]})));
+    assert_eq!(
+        (s, v),
+        (StatusCode::CREATED, json!({"shared_emails": [member_mail]}))
+    );
     let (_, v) = call(&member, Method::GET, "/folders/team", None).await;
     assert_eq!(v["permission"], "rw");
-    let (s, _) = call(&member, Method::POST, "/folders/team/mkdir", Some(json!({"path": "x"}))).await;
+    let (s, _) = call(
+        &member,
+        Method::POST,
+        "/folders/team/mkdir",
+        Some(json!({"path": "x"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "rw through the share");
     // Re-sharing updates the permission (no second row).
     let (s, _) = call(
@@ -775,11 +1082,26 @@ async fn group_share_and_unshare() {
     assert_eq!(share["type"], "project");
     assert_eq!(share["shared_by"], "default");
 
-    let (s, v) = call(&dadmin, Method::DELETE, "/folders/team/unshare", Some(json!({"emails": [member_mail]}))).await;
-    assert_eq!((s, v), (StatusCode::OK, json!({"unshared_emails": [member_mail]})));
+    let (s, v) = call(
+        &dadmin,
+        Method::DELETE,
+        "/folders/team/unshare",
+        Some(json!({"emails": [member_mail]})),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"unshared_emails": [member_mail]}))
+    );
     let (_, v) = call(&member, Method::GET, "/folders/team", None).await;
     assert_eq!(v["permission"], "ro", "back to the folder's permission");
-    let (s, _) = call(&dadmin, Method::DELETE, "/folders/team/unshare", Some(json!({"emails": ["nobody@x.y"]}))).await;
+    let (s, _) = call(
+        &dadmin,
+        Method::DELETE,
+        "/folders/team/unshare",
+        Some(json!({"emails": ["nobody@x.y"]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -853,11 +1175,33 @@ async fn clone_runs_as_a_background_task() {
         std::fs::write(sub.join(format!("f{i}.bin")), vec![i as u8; 1000 + i]).unwrap();
     }
 
-    let (s, v) = call(&user, Method::POST, "/folders/src/clone", Some(json!({"target_name": "dst"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::FORBIDDEN, "generic-forbidden"), "not cloneable");
-    let (s, _) = call(&user, Method::POST, "/folders/src/update-options", Some(json!({"cloneable": true}))).await;
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders/src/clone",
+        Some(json!({"target_name": "dst"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::FORBIDDEN, "generic-forbidden"),
+        "not cloneable"
+    );
+    let (s, _) = call(
+        &user,
+        Method::POST,
+        "/folders/src/update-options",
+        Some(json!({"cloneable": true})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = call(&other, Method::POST, "/folders/src/clone", Some(json!({"target_name": "dst"}))).await;
+    let (s, _) = call(
+        &other,
+        Method::POST,
+        "/folders/src/clone",
+        Some(json!({"target_name": "dst"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "needs access to the source");
 
     let (s, v) = call(
@@ -877,20 +1221,39 @@ async fn clone_runs_as_a_background_task() {
 
     let events = bgtask_events(&user, &task).await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(&names[names.len() - 2..], ["bgtask_done", "server_close"], "{names:?}");
+    assert_eq!(
+        &names[names.len() - 2..],
+        ["bgtask_done", "server_close"],
+        "{names:?}"
+    );
     let last = events
         .iter()
         .rev()
         .find(|(n, _)| n == "bgtask_updated")
         .expect("progress events");
     // 40 files + 4 directories, counted by the proxy.
-    assert_eq!(last.1["current_progress"], last.1["total_progress"], "{last:?}");
+    assert_eq!(
+        last.1["current_progress"], last.1["total_progress"],
+        "{last:?}"
+    );
     assert!(last.1["total_progress"].as_i64().unwrap() >= 40, "{last:?}");
     assert_eq!(tree(&src_dir), tree(&dst_dir), "identical copy");
     let (_, v) = call(&user, Method::GET, "/folders/dst", None).await;
-    assert_eq!(v["numFiles"].as_i64().unwrap(), last.1["total_progress"].as_i64().unwrap());
+    assert_eq!(
+        v["numFiles"].as_i64().unwrap(),
+        last.1["total_progress"].as_i64().unwrap()
+    );
 
     // Duplicate target name.
-    let (s, v) = call(&user, Method::POST, "/folders/src/clone", Some(json!({"target_name": "dst"}))).await;
-    assert_eq!((s, problem_slug(&v)), (StatusCode::BAD_REQUEST, "vfolder-already-exists"));
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders/src/clone",
+        Some(json!({"target_name": "dst"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::BAD_REQUEST, "vfolder-already-exists")
+    );
 }

@@ -134,7 +134,8 @@ fn check_name(name: &str) -> ApiResult<()> {
         )));
     }
     if !vf::valid_name(name) {
-        return Err(invalid("Input validation error").with_data(json!({"name": "value is not a valid slug"})));
+        return Err(invalid("Input validation error")
+            .with_data(json!({"name": "value is not a valid slug"})));
     }
     Ok(())
 }
@@ -276,7 +277,8 @@ pub async fn list(
     let group_id = match p.group_id.as_deref().filter(|g| !g.is_empty()) {
         None => None,
         Some(g) => Some(Uuid::parse_str(g).map_err(|_| {
-            invalid("Input validation error").with_data(json!({"group_id": "value is not a valid UUID"}))
+            invalid("Input validation error")
+                .with_data(json!({"group_id": "value is not a valid UUID"}))
         })?),
     };
     let types = types(&state).await?;
@@ -432,10 +434,7 @@ pub async fn all_hosts(
 }
 
 /// `GET /folders/_/allowed-types` → etcd `volumes/_types` (default `["user"]`).
-pub async fn allowed_types(
-    State(state): State<AppState>,
-    Auth(_): Auth,
-) -> ApiResult<Json<Value>> {
+pub async fn allowed_types(State(state): State<AppState>, Auth(_): Auth) -> ApiResult<Json<Value>> {
     Ok(Json(json!(types(&state).await?)))
 }
 
@@ -781,9 +780,7 @@ pub struct PermParams {
 }
 
 fn parse_inv(s: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(s).map_err(|_| {
-        ApiError::not_found().with_msg("No such vfolder invitation")
-    })
+    Uuid::parse_str(s).map_err(|_| ApiError::not_found().with_msg("No such vfolder invitation"))
 }
 
 /// `POST /folders/invitations/update/{inv_id}` → `{"msg"}`.
@@ -919,9 +916,17 @@ pub async fn list_shared(
     };
     let mut txn = state.db.begin_readonly().await?;
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(Option<String>, Uuid, String, Option<Uuid>, Option<Uuid>, Option<String>, Uuid, String)> =
-        sqlx::query_as(
-            "SELECT p.permission::text, p.vfolder, v.name, v.\"group\", v.\"user\", \
+    let rows: Vec<(
+        Option<String>,
+        Uuid,
+        String,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Uuid,
+        String,
+    )> = sqlx::query_as(
+        "SELECT p.permission::text, p.vfolder, v.name, v.\"group\", v.\"user\", \
              COALESCE(g.name, o.email), u.uuid, u.email \
              FROM vfolder_permissions p JOIN vfolders v ON v.id = p.vfolder \
              JOIN users u ON u.uuid = p.\"user\" LEFT JOIN users o ON o.uuid = v.\"user\" \
@@ -929,14 +934,14 @@ pub async fn list_shared(
              WHERE ($1::uuid IS NULL OR v.id = $1) \
              AND ($2 OR v.\"user\" = $3 OR ($4 AND g.domain_name = $5)) \
              ORDER BY v.name, u.email",
-        )
-        .bind(vfid)
-        .bind(user.is_superadmin())
-        .bind(user.user_uuid)
-        .bind(user.is_admin)
-        .bind(&user.domain_name)
-        .fetch_all(&mut *txn)
-        .await?;
+    )
+    .bind(vfid)
+    .bind(user.is_superadmin())
+    .bind(user.user_uuid)
+    .bind(user.is_admin)
+    .bind(&user.domain_name)
+    .fetch_all(&mut *txn)
+    .await?;
     txn.commit().await?;
     let shared: Vec<Value> = rows
         .into_iter()

@@ -47,7 +47,14 @@ pub async fn clone(
     loop {
         tokio::select! {
             r = &mut copy => {
-                r?;
+                if let Err(e) = r {
+                    // A re-run after a finished copy (worker crash before the outcome was
+                    // recorded) finds the target complete: that is success.
+                    match proxy.folder_usage(&volume, dst).await {
+                        Ok((n, _)) if n == total => {}
+                        _ => return Err(e.into()),
+                    }
+                }
                 break;
             }
             _ = ticker.tick() => {

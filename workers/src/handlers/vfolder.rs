@@ -68,9 +68,10 @@ pub async fn handle(
     env: &Envelope<Command>,
     cmd: &VfolderCommand,
 ) -> Result<CommandReply, HandlerError> {
-    let etcd = ctx.etcd.clone().ok_or_else(|| {
-        HandlerError::Permanent(anyhow::anyhow!("vfolder commands need etcd"))
-    })?;
+    let etcd = ctx
+        .etcd
+        .clone()
+        .ok_or_else(|| HandlerError::Permanent(anyhow::anyhow!("vfolder commands need etcd")))?;
     let types = Arc::new(
         vf::allowed_types(&etcd)
             .await
@@ -208,10 +209,11 @@ async fn apply(
             delete_row(conn, e.id, &e.host).await
         }
         VfolderOp::DeleteById { id } => {
-            let host: Option<String> = sqlx::query_scalar("SELECT host FROM vfolders WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let host: Option<String> =
+                sqlx::query_scalar("SELECT host FROM vfolders WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             match host {
                 None => Ok(not_found_vf("No such vfolder.")),
                 Some(h) => delete_row(conn, *id, &h).await,
@@ -345,7 +347,9 @@ async fn apply(
                 return Ok(denied());
             };
             if e.ownership_type != "group" {
-                return Ok(not_found_vf("Only project folders are directly unsharable."));
+                return Ok(not_found_vf(
+                    "Only project folders are directly unsharable.",
+                ));
             }
             let users: Vec<(Uuid, String)> = sqlx::query_as(
                 "SELECT uuid, email FROM users WHERE email = ANY($1) AND status = 'active' ORDER BY email",
@@ -361,11 +365,13 @@ async fn apply(
                 ));
             }
             let ids: Vec<Uuid> = users.iter().map(|u| u.0).collect();
-            sqlx::query("DELETE FROM vfolder_permissions WHERE vfolder = $1 AND \"user\" = ANY($2)")
-                .bind(e.id)
-                .bind(&ids)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "DELETE FROM vfolder_permissions WHERE vfolder = $1 AND \"user\" = ANY($2)",
+            )
+            .bind(e.id)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
             let emails: Vec<String> = users.into_iter().map(|u| u.1).collect();
             Ok(ok(json!({ "unshared_emails": emails })))
         }
@@ -492,14 +498,16 @@ async fn create(
         None => None,
         Some(g) => {
             let found: Option<Uuid> = match Uuid::parse_str(g) {
-                Ok(id) => sqlx::query_scalar(
-                    "SELECT id FROM groups WHERE id = $1 AND ($2 OR domain_name = $3)",
-                )
-                .bind(id)
-                .bind(c.is_superadmin())
-                .bind(&c.domain_name)
-                .fetch_optional(&mut *conn)
-                .await?,
+                Ok(id) => {
+                    sqlx::query_scalar(
+                        "SELECT id FROM groups WHERE id = $1 AND ($2 OR domain_name = $3)",
+                    )
+                    .bind(id)
+                    .bind(c.is_superadmin())
+                    .bind(&c.domain_name)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                }
                 Err(_) => {
                     sqlx::query_scalar("SELECT id FROM groups WHERE domain_name = $1 AND name = $2")
                         .bind(&c.domain_name)
@@ -533,11 +541,12 @@ async fn create(
             return Ok(invalid("You are not allowed to use this vfolder host."));
         }
     }
-    let max: Option<i32> =
-        sqlx::query_scalar("SELECT max_vfolder_count FROM keypair_resource_policies WHERE name = $1")
-            .bind(&c.resource_policy)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let max: Option<i32> = sqlx::query_scalar(
+        "SELECT max_vfolder_count FROM keypair_resource_policies WHERE name = $1",
+    )
+    .bind(&c.resource_policy)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some(max) = max.filter(|m| *m > 0) {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE \"user\" = $1")
             .bind(c.user_uuid)
@@ -567,7 +576,11 @@ async fn create(
     )
     .bind(f.id)
     .bind(f.name)
-    .bind(if f.unmanaged_path.is_some() { "" } else { f.host })
+    .bind(if f.unmanaged_path.is_some() {
+        ""
+    } else {
+        f.host
+    })
     .bind(f.usage_mode)
     .bind(f.permission)
     .bind(&c.email)
@@ -636,7 +649,11 @@ async fn invite(
     .fetch_all(&mut *conn)
     .await?;
     if invitees.is_empty() {
-        return Ok(rejected(404, "generic-not-found", "No such user to invite."));
+        return Ok(rejected(
+            404,
+            "generic-not-found",
+            "No such user to invite.",
+        ));
     }
     for (uuid, _) in &invitees {
         let clash: i64 = sqlx::query_scalar(
