@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod kernel;
 pub mod link;
+pub mod mounts;
 pub mod sim;
 
 pub use agent::{Agent, AgentHandle};

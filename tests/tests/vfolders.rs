@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use bai_core::config::{StorageProxyConfig, StorageVolumeConfig};
-use bai_tests::app::{TestApp, USER_EMAIL};
+use bai_tests::app::{Extras, TestApp, USER_EMAIL};
 use bai_tests::client::{problem_slug, SignedClient};
 use bai_tests::TIMEOUT;
 
@@ -36,8 +37,12 @@ impl Drop for Env {
 }
 
 async fn env() -> Env {
+    env_with(Extras::default()).await
+}
+
+async fn env_with(extras: Extras) -> Env {
     bai_tests::init_tracing();
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with_extras(|_| {}, extras).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("volume1");
     let mut cfg = StorageProxyConfig {
@@ -1256,4 +1261,131 @@ async fn clone_runs_as_a_background_task() {
         (s, problem_slug(&v)),
         (StatusCode::BAD_REQUEST, "vfolder-already-exists")
     );
+}
+
+/// Runs `code` through `POST /session/{name}` until it finishes; returns stdout.
+async fn run_code(c: &SignedClient, name: &str, code: &str) -> String {
+    let mut body = json!({"mode": "query", "code": code, "runId": null});
+    let mut stdout = String::new();
+    for _ in 0..60 {
+        let (status, resp) = call(
+            c,
+            Method::POST,
+            &format!("/session/{name}"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+        let r = &resp["result"];
+        for item in r["console"].as_array().unwrap() {
+            if item[0] == "stdout" {
+                stdout.push_str(item[1].as_str().unwrap());
+            }
+        }
+        match r["status"].as_str().unwrap() {
+            "finished" => return stdout,
+            "continued" => body = json!({"mode": "continue", "code": "", "runId": r["runId"]}),
+            other => panic!("unexpected status {other}: {r}"),
+        }
+    }
+    panic!("run did not finish");
+}
+
+#[tokio::test]
+async fn mounts_into_a_process_kernel() {
+    let e = env_with(Extras::full()).await;
+    let app = &e.app;
+    let rabbit = app.rabbit.as_ref().expect("agents");
+    let agent_id = format!("i-vf-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    rabbit.track_agent(&agent_id);
+    let work_root = std::env::temp_dir().join(format!("bai-vf-test-{}", Uuid::new_v4().simple()));
+    let mut cfg = bai_agent::AgentConfig::new(&agent_id, &rabbit.url, &rabbit.prefix, work_root);
+    cfg.heartbeat_interval = Duration::from_millis(300);
+    cfg.destroy_grace = Duration::from_secs(3);
+    cfg.set_slot("cpu", "4").unwrap();
+    cfg.set_slot("mem", "8g").unwrap();
+    let _agent = bai_agent::Agent::spawn(cfg);
+    let alive = bai_tests::eventually(TIMEOUT, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM agents WHERE id = $1 AND status = 'ALIVE'")
+                .bind(&agent_id)
+                .fetch_one(app.db.db.pool())
+                .await
+                .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(alive.is_some(), "agent up");
+
+    let user = app.user().await;
+    create(&user, json!({"name": "data"})).await;
+    create(&user, json!({"name": "models"})).await;
+    std::fs::write(
+        folder_dir(&e.root, &{
+            let (_, v) = call(&user, Method::GET, "/folders/models", None).await;
+            v["id"].as_str().unwrap().to_string()
+        })
+        .join("weights.txt"),
+        b"w=1",
+    )
+    .unwrap();
+    let body = |name: &str, mounts: Value, mount_map: Value| {
+        json!({
+            "tag": null, "name": name,
+            "config": {"mounts": mounts, "environ": {}, "resources": {"cpu": "1", "mem": "1g"}, "resource_opts": {},
+                       "scalingGroup": null, "mount_map": mount_map, "preopen_ports": []},
+            "clusterSize": 1, "clusterMode": "single-node", "starts_at": null, "bootstrap_script": null,
+            "owner_access_key": null, "domain": "default", "group": "default", "type": "interactive",
+            "enqueueOnly": false, "maxWaitSeconds": 0, "reuseIfExists": true, "startupCommand": null, "image": "python",
+        })
+    };
+    // Unknown folder: 404 vfolder-not-found.
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/session",
+        Some(body("vfbad", json!(["nope"]), json!({}))),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::NOT_FOUND, "vfolder-not-found"),
+        "{v}"
+    );
+
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/session",
+        Some(body(
+            "vfsess",
+            json!(["data", "models"]),
+            json!({"models": "/home/work/m/models"}),
+        )),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"], "RUNNING", "{v}");
+    let sid = Uuid::parse_str(v["sessionId"].as_str().unwrap()).unwrap();
+    app.track_redis_key(bai_api::session::access::last_access_key(sid));
+
+    // The kernel writes into the rw mount; the folder lists the file.
+    let out = run_code(
+        &user,
+        "vfsess",
+        "import os\nopen('data/from-kernel.txt','w').write('hi from kernel')\nprint(open('m/models/weights.txt').read())\nprint(sorted(os.listdir('data')))",
+    )
+    .await;
+    assert!(out.contains("w=1"), "{out}");
+    assert!(out.contains("from-kernel.txt"), "{out}");
+    let (s, v) = ls(&user, "data", "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(item_names(&v), vec!["from-kernel.txt"]);
+    assert_eq!(
+        download(&user, "data", "from-kernel.txt").await,
+        b"hi from kernel"
+    );
+
+    let (s, _) = call(&user, Method::DELETE, "/session/vfsess", None).await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -824,3 +824,51 @@ async fn share(
     let emails: Vec<String> = users.into_iter().map(|u| u.1).collect();
     Ok(ok(json!({ "shared_emails": emails })))
 }
+
+/// The agent-side mounts of a session: `kernels.mounts` rows (`[name, host, id hex, perm,
+/// unmanaged_path]`) with each folder's host path from its proxy (`POST /folder/mount`).
+/// A proxy that cannot answer is transient: the start is retried.
+pub async fn resolve_mounts(
+    ctx: &Arc<WorkerContext>,
+    raw: Option<&Value>,
+) -> Result<Vec<bai_agent_proto::messages::Mount>, HandlerError> {
+    let rows: Vec<Vec<String>> = raw
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let etcd = ctx
+        .etcd
+        .clone()
+        .ok_or_else(|| HandlerError::Permanent(anyhow::anyhow!("vfolder mounts need etcd")))?;
+    let store = proxies(&etcd);
+    let mut out = Vec::new();
+    for r in rows {
+        let field = |i: usize| r.get(i).cloned().unwrap_or_default();
+        let (name, host, id, perm, unmanaged) = (field(0), field(1), field(2), field(3), field(4));
+        let host_path = if !unmanaged.is_empty() {
+            unmanaged.clone()
+        } else {
+            let vfid = Uuid::parse_str(&id).map_err(|e| {
+                HandlerError::Permanent(anyhow::anyhow!("bad vfolder id {id} in mounts: {e}"))
+            })?;
+            let (p, volume) = store
+                .for_host(&host)
+                .await
+                .map_err(|e| HandlerError::Transient(e.into()))?;
+            p.mount_path(&volume, vfid)
+                .await
+                .map_err(|e| HandlerError::Transient(e.into()))?
+        };
+        out.push(bai_agent_proto::messages::Mount {
+            name,
+            host,
+            host_path,
+            perm,
+            unmanaged_path: (!unmanaged.is_empty()).then_some(unmanaged),
+        });
+    }
+    Ok(out)
+}
