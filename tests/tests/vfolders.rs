@@ -1389,3 +1389,61 @@ async fn mounts_into_a_process_kernel() {
     let (s, _) = call(&user, Method::DELETE, "/session/vfsess", None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+async fn gql(c: &SignedClient, query: &str) -> Value {
+    let (s, v) = call(
+        c,
+        Method::POST,
+        "/admin/gql",
+        Some(json!({"query": query, "variables": {}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn graphql_storage_volumes_and_vfolders() {
+    let e = env().await;
+    let app = &e.app;
+    let su = app.superadmin().await;
+    let user = app.user().await;
+    create(&user, json!({"name": "gqlfolder"})).await;
+
+    let v = gql(&su, "{ storage_volume_list(limit: 20, offset: 0) { items { id backend path fsprefix capabilities usage } total_count } }").await;
+    let list = &v["data"]["storage_volume_list"];
+    assert_eq!(list["total_count"], 1, "{v}");
+    let vol = &list["items"][0];
+    assert_eq!(vol["id"], "local:volume1");
+    assert_eq!(vol["backend"], "vfs");
+    assert!(
+        vol["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "file-ops"),
+        "{vol}"
+    );
+    let usage: Value = serde_json::from_str(vol["usage"].as_str().unwrap()).unwrap();
+    assert!(usage["capacity_bytes"].as_i64().unwrap() > 0, "{usage}");
+    assert!(usage["used_bytes"].as_i64().is_some(), "{usage}");
+
+    let v = gql(
+        &su,
+        "{ storage_volume(id: \"local:volume1\") { id backend } }",
+    )
+    .await;
+    assert_eq!(v["data"]["storage_volume"]["id"], "local:volume1", "{v}");
+    let v = gql(&su, "{ storage_volume(id: \"local:nope\") { id } }").await;
+    assert!(v["errors"].is_array(), "{v}");
+    let v = gql(
+        &user,
+        "{ storage_volume_list(limit: 20, offset: 0) { total_count } }",
+    )
+    .await;
+    assert!(v["errors"].is_array(), "superadmin only: {v}");
+
+    let v = gql(&user, "{ vfolder_list(limit: 10, offset: 0) { items { name host ownership_type cloneable } total_count } }").await;
+    assert_eq!(v["data"]["vfolder_list"]["total_count"], 1, "{v}");
+    assert_eq!(v["data"]["vfolder_list"]["items"][0]["name"], "gqlfolder");
+}
