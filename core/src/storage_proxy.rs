@@ -336,13 +336,16 @@ impl ProxyClient {
     }
 }
 
+/// A client and when its etcd entry was read.
+type Cached = (Instant, Arc<ProxyClient>);
+
 /// Proxy discovery with a per-proxy client cache.
 #[derive(Clone)]
 pub struct StorageProxies {
     etcd: Etcd,
     // A read-mostly map: lookups take the read lock; a miss or an expired entry re-reads
     // etcd outside the lock and replaces the entry (a duplicate read on a race is harmless).
-    cache: Arc<RwLock<HashMap<String, (Instant, Arc<ProxyClient>)>>>,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
 }
 
 impl StorageProxies {
