@@ -1447,3 +1447,202 @@ async fn graphql_storage_volumes_and_vfolders() {
     assert_eq!(v["data"]["vfolder_list"]["total_count"], 1, "{v}");
     assert_eq!(v["data"]["vfolder_list"]["items"][0]["name"], "gqlfolder");
 }
+
+/// The official 21.3.6 client's path, if installed
+/// (`bash /work/shared/conformance/install-client.sh`).
+fn official_cli() -> Option<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cli = PathBuf::from(format!(
+        "{home}/.cache/backend.ai-client-21.3.6/bin/backend.ai"
+    ));
+    cli.exists().then_some(cli)
+}
+
+/// Runs `backend.ai <args>` with `stdin`; returns (success, stdout + stderr).
+async fn cli_run(
+    cli: &Path,
+    base: &str,
+    key: &(String, String),
+    cwd: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(cli)
+        .args(args)
+        .current_dir(cwd)
+        .env("BACKEND_ENDPOINT", base)
+        .env("BACKEND_ACCESS_KEY", &key.0)
+        .env("BACKEND_SECRET_KEY", &key.1)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the client");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let Ok(out) = tokio::time::timeout(TIMEOUT * 3, child.wait_with_output()).await else {
+        return (false, format!("timed out: backend.ai {}", args.join(" ")));
+    };
+    let out = out.expect("client output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && !text.contains("Traceback"), text)
+}
+
+#[tokio::test]
+async fn official_client_vfolder_commands() {
+    let Some(cli) = official_cli() else {
+        eprintln!("skipped: the official client is not installed");
+        return;
+    };
+    let e = env().await;
+    let app = &e.app;
+    let user_key = app.keypair(USER_EMAIL, false, 1_000_000, true).await;
+    let admin_key = app
+        .keypair("domain-admin@lablup.com", true, 1_000_000, true)
+        .await;
+    let (_, other_mail, _) = new_user(app, "other", false).await;
+    let other_key = {
+        let ak: String = sqlx::query_scalar("SELECT access_key FROM keypairs WHERE user_id = $1")
+            .bind(&other_mail)
+            .fetch_one(app.db.db.pool())
+            .await
+            .unwrap();
+        let sk: String =
+            sqlx::query_scalar("SELECT secret_key FROM keypairs WHERE access_key = $1")
+                .bind(&ak)
+                .fetch_one(app.db.db.pool())
+                .await
+                .unwrap();
+        (ak, sk)
+    };
+    let cwd = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(cwd.path().join("hello.bin"), &data).unwrap();
+    let base = app.base.clone();
+    let run = |key: (String, String), args: Vec<&'static str>, stdin: &'static str| {
+        let (cli, base, cwd) = (cli.clone(), base.clone(), cwd.path().to_path_buf());
+        async move {
+            eprintln!("$ backend.ai {}", args.join(" "));
+            let (ok, out) = cli_run(&cli, &base, &key, &cwd, &args, stdin).await;
+            assert!(ok, "backend.ai {}: {out}", args.join(" "));
+            out
+        }
+    };
+    let u = || user_key.clone();
+
+    let out = run(u(), vec!["vfolder", "list-hosts"], "").await;
+    assert!(out.contains("local:volume1"), "{out}");
+    run(u(), vec!["vfolder", "list-allowed-types"], "").await;
+    let out = run(u(), vec!["vfolder", "create", "myvf", "local:volume1"], "").await;
+    assert!(out.contains("is created"), "{out}");
+    let out = run(u(), vec!["vfolder", "list"], "").await;
+    assert!(out.contains("myvf"), "{out}");
+    let out = run(u(), vec!["vfolder", "info", "myvf"], "").await;
+    assert!(out.contains("Ownership Type: user"), "{out}");
+    run(u(), vec!["vfolder", "upload", "myvf", "hello.bin"], "").await;
+    let out = run(u(), vec!["vfolder", "ls", "myvf", "."], "").await;
+    assert!(out.contains("hello.bin"), "{out}");
+    run(u(), vec!["vfolder", "mkdir", "myvf", "sub"], "").await;
+    run(
+        u(),
+        vec!["vfolder", "rename-file", "myvf", "hello.bin", "hello2.bin"],
+        "",
+    )
+    .await;
+    // The client does not create the base dir (and hangs when it is missing).
+    std::fs::create_dir(cwd.path().join("dl")).unwrap();
+    run(
+        u(),
+        vec!["vfolder", "download", "myvf", "hello2.bin", "-b", "dl"],
+        "",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(cwd.path().join("dl/hello2.bin")).unwrap(),
+        data
+    );
+    run(u(), vec!["vfolder", "rm", "myvf", "sub"], "y\n").await;
+    let out = run(u(), vec!["vfolder", "ls", "myvf", "."], "").await;
+    assert!(!out.contains("sub") && out.contains("hello2.bin"), "{out}");
+
+    // Clone (the 21.3.6 client ignores `bgtask_id`; the copy completes in the background).
+    run(
+        u(),
+        vec![
+            "vfolder",
+            "update-options",
+            "myvf",
+            "--set-cloneable",
+            "true",
+        ],
+        "",
+    )
+    .await;
+    run(
+        u(),
+        vec!["vfolder", "clone", "myvf", "myclone", "local:volume1"],
+        "",
+    )
+    .await;
+    let (c, _) = (app.client(&user_key.0, &user_key.1), ());
+    let done = bai_tests::eventually(TIMEOUT, || async {
+        let (s, v) = ls(&c, "myclone", "").await;
+        (s == StatusCode::OK && item_names(&v) == vec!["hello2.bin"]).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "clone copied");
+
+    // Invitation accepted through the interactive `invitations`.
+    let out = run(
+        u(),
+        vec![
+            "vfolder",
+            "invite",
+            "myvf",
+            Box::leak(other_mail.clone().into_boxed_str()),
+            "-p",
+            "ro",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.contains(&other_mail), "{out}");
+    let out = run(other_key.clone(), vec!["vfolder", "invitations"], "1\na\n").await;
+    assert!(out.contains("You can now access vfolder myvf"), "{out}");
+    let out = run(other_key.clone(), vec!["vfolder", "list"], "").await;
+    assert!(out.contains("myvf"), "{out}");
+    run(other_key.clone(), vec!["vfolder", "leave", "myvf"], "y\n").await;
+
+    // Group folder share/unshare by the domain admin.
+    run(
+        admin_key.clone(),
+        vec!["vfolder", "create", "gvf", "local:volume1", "-g", "default"],
+        "",
+    )
+    .await;
+    let out = run(
+        admin_key.clone(),
+        vec!["vfolder", "share", "gvf", USER_EMAIL, "-p", "rw"],
+        "",
+    )
+    .await;
+    assert!(out.contains(USER_EMAIL), "{out}");
+    run(
+        admin_key.clone(),
+        vec!["vfolder", "unshare", "gvf", USER_EMAIL],
+        "",
+    )
+    .await;
+
+    run(u(), vec!["vfolder", "rename", "myclone", "myclone2"], "").await;
+    let out = run(u(), vec!["vfolder", "delete", "myvf"], "").await;
+    assert!(out.contains("Deleted"), "{out}");
+}

@@ -140,9 +140,10 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// A quota as a byte count: a number or a binary-size string (`10g`).
+/// A quota as a byte count: a number or a binary-size string (`10g`); `0` (what the
+/// client sends by default) means no quota.
 fn parse_quota(v: &Value) -> ApiResult<Option<i64>> {
-    match v {
+    let q = match v {
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_i64()
@@ -156,7 +157,8 @@ fn parse_quota(v: &Value) -> ApiResult<Option<i64>> {
                 .ok_or_else(|| invalid("quota is out of range"))
         }
         _ => Err(invalid("quota must be a byte count")),
-    }
+    }?;
+    Ok(q.filter(|q| *q > 0))
 }
 
 fn default_perm() -> String {
