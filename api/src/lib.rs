@@ -84,6 +84,14 @@ fn folder_routes() -> Router<AppState> {
         .route("/folders/_/allowed-types", get(f::allowed_types))
         .route("/folders/_/allowed_types", get(f::allowed_types))
         .route("/folders/_/shared", get(f::list_shared).post(f::set_shared))
+        .route("/folders/_/perf-metric", get(f::host_admin_not_implemented))
+        .route("/folders/_/fstab", get(f::host_admin_not_implemented))
+        .route(
+            "/folders/_/mounts",
+            get(f::host_admin_not_implemented)
+                .post(f::host_admin_not_implemented)
+                .delete(f::host_admin_not_implemented),
+        )
         .route("/folders/invitations/list", get(f::list_invitations))
         .route(
             "/folders/invitations/list-sent",

@@ -221,6 +221,17 @@ async fn create_list_info_delete_and_errors() {
     let (s, v) = call(&su, Method::GET, "/folders/_/all-hosts", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["allowed"], json!(["local:volume1"]));
+    let (s, v) = call(
+        &su,
+        Method::GET,
+        "/folders/_/perf-metric",
+        Some(json!({"folder_host": "local:volume1"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "not-implemented")
+    );
 
     // Create with defaults (host from etcd): the original's 201 shape.
     let v = create(&user, json!({"name": "mydata"})).await;

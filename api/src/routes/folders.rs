@@ -1049,3 +1049,14 @@ pub async fn clone(
     v["bgtask_id"] = json!(task_id.to_string());
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
+
+// ------------------------------------------------------------------ host administration
+
+/// `GET /folders/_/perf-metric`, `GET /folders/_/fstab`, `GET|POST|DELETE /folders/_/mounts`
+/// (superadmin): host-level administration of the original's agents and storage proxies
+/// (fstab editing, mounting file systems). Our storage proxy has no such routes and process
+/// agents mount nothing, so these answer 503 `not-implemented` rather than pretend.
+pub async fn host_admin_not_implemented(SuperAdmin(_): SuperAdmin) -> ApiError {
+    ApiError::not_implemented()
+        .with_msg("Host mount/fstab administration and performance metrics are not supported by this storage proxy.")
+}
