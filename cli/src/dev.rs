@@ -1,6 +1,6 @@
 //! `backend-ai dev up`: the whole system in one foreground command for development and
 //! demos. It runs the same subcommands an operator would run as separate services
-//! (API server, workers, agents), as child processes of this binary, prefixes their
+//! (API server, workers, agents, storage proxy), as child processes of this binary, prefixes their
 //! output, and stops them all cleanly on Ctrl-C / SIGTERM.
 
 use std::process::Stdio;
@@ -68,6 +68,15 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
             "api".into(),
             &opts.config,
             &s(&["mgr", "start-server", "--addr", &opts.addr]),
+        )?,
+    ));
+    // The storage proxy registers itself in etcd, so the manager finds it without setup.
+    children.push((
+        "storage".into(),
+        spawn(
+            "storage".into(),
+            &opts.config,
+            &s(&["storage", "start-server"]),
         )?,
     ));
     for i in 0..opts.workers {

@@ -4,6 +4,7 @@
 mod dev;
 mod mgr;
 mod shutdown;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,11 @@ enum Top {
         // Boxed: the agent's options are much larger than the other subcommands.
         command: Box<bai_agent::cli::AgCommand>,
     },
+    /// Storage proxy: volumes and vfolder files, tus upload, token download.
+    Storage {
+        #[command(subcommand)]
+        command: storage::StorageCommand,
+    },
     /// Development: run the whole system in the foreground.
     Dev {
         #[command(subcommand)]
@@ -42,7 +48,8 @@ enum Top {
 
 #[derive(Subcommand)]
 enum DevCommand {
-    /// API server, workers and agents as supervised child processes; Ctrl-C stops all.
+    /// API server, workers, agents and the storage proxy as supervised child processes;
+    /// Ctrl-C stops all.
     Up {
         #[arg(long, default_value_t = 2)]
         workers: usize,
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
                 };
                 bai_agent::cli::run(*command, defaults, shutdown::on_signals()).await
             }
+            Top::Storage { command } => storage::run(config, command).await,
             Top::Dev {
                 command:
                     DevCommand::Up {

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options};
 use axum::Router;
 use futures::StreamExt;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -27,6 +27,24 @@ use crate::token::TokenOp;
 use crate::volume::DownloadTarget;
 
 const TUS_VERSION: &str = "1.0.0";
+
+/// Longest pause between two pieces of a PATCH body before the request is dropped.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// RFC 5987 `attr-char`s stay as they are in `filename*`; everything else is %-encoded.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -61,7 +79,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/download", get(download))
         .layer(tower_http::cors::CorsLayer::permissive().expose_headers(tower_http::cors::Any))
+        // Outside the CORS layer, which answers every OPTIONS itself (as a preflight).
+        .layer(axum::middleware::from_fn(tus_discovery))
         .with_state(state)
+}
+
+/// tus discovery headers on `OPTIONS /upload`.
+async fn tus_discovery(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let is_discovery = req.method() == axum::http::Method::OPTIONS && req.uri().path() == "/upload";
+    let mut resp = next.run(req).await;
+    if is_discovery {
+        tus_headers(resp.headers_mut());
+        let h = resp.headers_mut();
+        h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        h.insert(
+            "tus-extension",
+            HeaderValue::from_static("creation,termination"),
+        );
+    }
+    resp
 }
 
 type St = State<Arc<AppState>>;
@@ -227,8 +263,20 @@ async fn patch_inner(
     }
     let mut written = current;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
+    loop {
+        // A client that stalls (half-open connection) must not hold the upload lock forever.
+        let next = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(_) => {
+                let _ = file.flush().await;
+                return Err(ApiError::invalid_params(format!(
+                    "upload stalled: no data for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let chunk = match next {
             Ok(c) => c,
             Err(e) => {
                 // The client went away mid-chunk: keep what arrived, it resumes from there.
@@ -291,7 +339,7 @@ fn disposition(name: &str) -> HeaderValue {
         .collect::<String>()
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
-    let encoded = utf8_percent_encode(name, NON_ALPHANUMERIC).to_string();
+    let encoded = utf8_percent_encode(name, ATTR_CHAR).to_string();
     HeaderValue::from_str(&format!(
         "attachment;filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
     ))
@@ -330,5 +378,29 @@ async fn download(State(st): St, q: Q) -> ApiResult<Response> {
                 &format!("{name}.zip"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disposition;
+
+    #[test]
+    fn content_disposition_has_ascii_and_utf8_names() {
+        let d = disposition("data.zip");
+        assert_eq!(
+            d,
+            "attachment;filename=\"data.zip\"; filename*=UTF-8''data.zip"
+        );
+        let d = disposition("résumé \"x\".txt");
+        let s = d.to_str().unwrap();
+        assert!(
+            s.starts_with("attachment;filename=\"rsum \\\"x\\\".txt\";"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22.txt"),
+            "{s}"
+        );
     }
 }

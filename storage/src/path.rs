@@ -120,6 +120,133 @@ pub fn open_confined(path: &Path, root: &Path) -> ApiResult<std::fs::File> {
     Ok(f)
 }
 
+/// A directory opened and verified to lie under the folder root. Operations relative to its
+/// descriptor (`*at` calls) cannot be redirected by a symlink swapped into the path later.
+pub struct PinnedDir {
+    dir: std::fs::File,
+}
+
+fn cstr(name: &std::ffi::OsStr) -> ApiResult<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes()).map_err(|_| ApiError::invalid_path("NUL in path"))
+}
+
+fn check(rc: libc::c_int, what: &str) -> ApiResult<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::io(std::io::Error::last_os_error(), what))
+    }
+}
+
+impl PinnedDir {
+    /// Opens `path` (a directory, not a symlink) and checks its real path is under `root`.
+    pub fn open(path: &Path, root: &Path) -> ApiResult<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| {
+                // With O_DIRECTORY a final symlink gives ENOTDIR rather than ELOOP.
+                let is_link = std::fs::symlink_metadata(path)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                if e.raw_os_error() == Some(libc::ELOOP) || is_link {
+                    ApiError::invalid_path("the path resolves outside the folder")
+                } else {
+                    ApiError::io(e, &path.display().to_string())
+                }
+            })?;
+        verify_fd(&dir, root)?;
+        Ok(Self { dir })
+    }
+
+    /// Opens the parent directory of `path`, returning it with the final name.
+    pub fn parent_of<'a>(path: &'a Path, root: &Path) -> ApiResult<(Self, &'a std::ffi::OsStr)> {
+        let parent = path
+            .parent()
+            .ok_or_else(|| ApiError::invalid_path("no parent directory"))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| ApiError::invalid_path("no file name"))?;
+        Ok((Self::open(parent, root)?, name))
+    }
+
+    fn fd(&self) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        self.dir.as_raw_fd()
+    }
+
+    /// `/proc/self/fd/N`: the pinned directory as a path (for read_dir).
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd()))
+    }
+
+    pub fn mkdir(&self, name: &std::ffi::OsStr, what: &str) -> ApiResult<()> {
+        let n = cstr(name)?;
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(unsafe { libc::mkdirat(self.fd(), n.as_ptr(), 0o755) }, what)
+    }
+
+    /// Removes a file or symlink (`dir = false`) or an empty directory (`dir = true`).
+    pub fn unlink(&self, name: &std::ffi::OsStr, dir: bool, what: &str) -> ApiResult<()> {
+        let n = cstr(name)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(
+            unsafe { libc::unlinkat(self.fd(), n.as_ptr(), flags) },
+            what,
+        )
+    }
+
+    /// Renames `name` here to `to_name` in `to`; refuses to replace an existing entry unless
+    /// `replace`.
+    pub fn rename_to(
+        &self,
+        name: &std::ffi::OsStr,
+        to: &PinnedDir,
+        to_name: &std::ffi::OsStr,
+        replace: bool,
+        what: &str,
+    ) -> ApiResult<()> {
+        let (a, b) = (cstr(name)?, cstr(to_name)?);
+        if !replace {
+            // SAFETY: valid descriptors and NUL-terminated names.
+            let rc = unsafe {
+                libc::renameat2(
+                    self.fd(),
+                    a.as_ptr(),
+                    to.fd(),
+                    b.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            // Filesystems without RENAME_NOREPLACE: fall back to check-then-rename.
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(ApiError::io(err, what));
+            }
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; `st` is a properly sized out parameter.
+            let exists =
+                unsafe { libc::fstatat(to.fd(), b.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }
+                    == 0;
+            if exists {
+                return Err(ApiError::already_exists(format!("{what}: already exists")));
+            }
+        }
+        // SAFETY: valid descriptors and NUL-terminated names.
+        check(
+            unsafe { libc::renameat(self.fd(), a.as_ptr(), to.fd(), b.as_ptr()) },
+            what,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +265,50 @@ mod tests {
         assert!(single_name("..").is_err());
         assert!(single_name(".").is_err());
         assert!(single_name("").is_err());
+    }
+
+    #[test]
+    fn pinned_dirs_refuse_links_and_foreign_directories() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+
+        // A symlink as the directory itself is not followed; a directory elsewhere fails
+        // the descriptor check.
+        let e = PinnedDir::open(&root.join("l"), &root).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+        let e = PinnedDir::open(&outside, &root).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+
+        // *at operations act inside the pinned directory only.
+        let d = PinnedDir::open(&root.join("d"), &root).unwrap();
+        d.mkdir(std::ffi::OsStr::new("x"), "x").unwrap();
+        d.mkdir(std::ffi::OsStr::new("y"), "y").unwrap();
+        let e = d
+            .rename_to(
+                std::ffi::OsStr::new("x"),
+                &d,
+                std::ffi::OsStr::new("y"),
+                false,
+                "x",
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.status.as_u16(), 409);
+        d.unlink(std::ffi::OsStr::new("x"), true, "x").unwrap();
+        assert!(!root.join("d/x").exists() && root.join("d/y").is_dir());
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+
+        // Resolution stops at links that leave the root.
+        let e = resolve(&root, Path::new("l/file"), false).err().unwrap();
+        assert_eq!(e.kind, crate::proto::problem::INVALID_PATH);
+        assert_eq!(
+            resolve(&root, Path::new("l"), false).unwrap(),
+            root.join("l")
+        );
     }
 }

@@ -16,12 +16,14 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::path::{normalize, open_confined, resolve, single_name};
+use crate::path::{normalize, open_confined, resolve, single_name, PinnedDir};
 use crate::proto::{DirEntry, EntryStat, EntryType, FolderUsage, VolumeInfo, VolumeUsage};
 use crate::volume::{DownloadTarget, VolumeBackend};
 
 const UPLOAD_DIR: &str = ".upload";
 const META_DIR: &str = ".meta";
+/// Recursive deletes first rename the tree here (one pinned `renameat`), then remove it.
+const TRASH_DIR: &str = ".trash";
 
 #[derive(Clone, Debug)]
 pub struct VfsVolume {
@@ -57,6 +59,9 @@ impl VfsVolume {
         let root = std::fs::canonicalize(path)?;
         std::fs::create_dir_all(root.join(UPLOAD_DIR))?;
         std::fs::create_dir_all(root.join(META_DIR))?;
+        // Leftovers of interrupted recursive deletes.
+        let _ = std::fs::remove_dir_all(root.join(TRASH_DIR));
+        std::fs::create_dir_all(root.join(TRASH_DIR))?;
         Ok(Self {
             name: name.to_string(),
             root,
@@ -180,33 +185,40 @@ impl VfsVolume {
             .parent()
             .ok_or_else(|| ApiError::invalid_path("no parent directory"))?;
         std::fs::create_dir_all(parent).map_err(io_ctx(relpath))?;
-        // Re-check after creating: the parent must still resolve inside the folder.
-        let real_parent = std::fs::canonicalize(parent).map_err(io_ctx(relpath))?;
-        if !real_parent.starts_with(&root) {
-            return Err(ApiError::invalid_path(
-                "the path resolves outside the folder",
-            ));
-        }
-        let name = dst
-            .file_name()
-            .ok_or_else(|| ApiError::invalid_path("an upload needs a file name"))?;
-        std::fs::rename(tmp, real_parent.join(name)).map_err(io_ctx(relpath))
+        // The rename goes through the verified parent's descriptor: a final symlink is
+        // replaced, and a directory swapped for a link meanwhile cannot redirect it.
+        let (pdir, name) = PinnedDir::parent_of(&dst, &root)?;
+        let (tdir, tname) = PinnedDir::parent_of(tmp, &self.root)?;
+        tdir.rename_to(tname, &pdir, name, true, relpath)
     }
 
-    fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-        std::fs::create_dir(dst)?;
-        std::fs::set_permissions(dst, std::fs::symlink_metadata(src)?.permissions())?;
-        for entry in std::fs::read_dir(src)? {
-            let entry = entry?;
-            let ft = entry.file_type()?;
+    fn copy_tree(src: &Path, dst: &Path, src_root: &Path) -> ApiResult<()> {
+        std::fs::create_dir(dst).map_err(io_ctx("clone"))?;
+        let perms = std::fs::symlink_metadata(src)
+            .map_err(io_ctx("clone"))?
+            .permissions();
+        std::fs::set_permissions(dst, perms).map_err(io_ctx("clone"))?;
+        for entry in std::fs::read_dir(src).map_err(io_ctx("clone"))? {
+            let entry = entry.map_err(io_ctx("clone"))?;
+            let ft = entry.file_type().map_err(io_ctx("clone"))?;
             let to = dst.join(entry.file_name());
             if ft.is_dir() {
-                Self::copy_tree(&entry.path(), &to)?;
+                Self::copy_tree(&entry.path(), &to, src_root)?;
             } else if ft.is_symlink() {
                 // Links are copied as links, never followed.
-                std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+                let target = std::fs::read_link(entry.path()).map_err(io_ctx("clone"))?;
+                std::os::unix::fs::symlink(target, &to).map_err(io_ctx("clone"))?;
             } else if ft.is_file() {
-                std::fs::copy(entry.path(), &to)?;
+                // Opened without following links and verified, like a download.
+                let mut from = open_confined(&entry.path(), src_root)?;
+                let perms = from.metadata().map_err(io_ctx("clone"))?.permissions();
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&to)
+                    .map_err(io_ctx("clone"))?;
+                std::io::copy(&mut from, &mut out).map_err(io_ctx("clone"))?;
+                out.set_permissions(perms).map_err(io_ctx("clone"))?;
             }
             // Sockets, FIFOs and devices are not copied.
         }
@@ -382,10 +394,10 @@ impl VolumeBackend for VfsVolume {
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(io_ctx("folder"))?;
             }
-            if let Err(e) = Self::copy_tree(&from, &to) {
+            if let Err(e) = Self::copy_tree(&from, &to, &from) {
                 // Leave nothing half-copied behind.
                 let _ = std::fs::remove_dir_all(&to);
-                return Err(ApiError::io(e, "clone"));
+                return Err(e);
             }
             let meta = me.read_meta(src)?;
             if meta.quota.is_some() {
@@ -439,18 +451,15 @@ impl VolumeBackend for VfsVolume {
                 None => {}
             }
             if parents {
-                std::fs::create_dir_all(&p).map_err(io_ctx(&relpath))?;
-            } else {
-                std::fs::create_dir(&p).map_err(io_ctx(&relpath))?;
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).map_err(io_ctx(&relpath))?;
+                }
             }
-            let real = std::fs::canonicalize(&p).map_err(io_ctx(&relpath))?;
-            if !real.starts_with(&root) {
-                let _ = std::fs::remove_dir(&p);
-                return Err(ApiError::invalid_path(
-                    "the path resolves outside the folder",
-                ));
+            let (pdir, name) = PinnedDir::parent_of(&p, &root)?;
+            match pdir.mkdir(name, &relpath) {
+                Err(e) if e.status.as_u16() == 409 && exist_ok && p.is_dir() => Ok(()),
+                other => other,
             }
-            Ok(())
         })
         .await
     }
@@ -462,8 +471,10 @@ impl VolumeBackend for VfsVolume {
             let root = me.folder_root(vfid)?;
             let rel = normalize(&relpath)?;
             let dir = resolve(&root, &rel, true)?;
+            // Listed through the verified descriptor, not the path.
+            let pinned = PinnedDir::open(&dir, &root)?;
             let mut items = Vec::new();
-            for entry in std::fs::read_dir(&dir).map_err(io_ctx(&relpath))? {
+            for entry in std::fs::read_dir(pinned.proc_path()).map_err(io_ctx(&relpath))? {
                 let entry = entry.map_err(io_ctx(&relpath))?;
                 let Ok(m) = entry.metadata() else { continue };
                 let kind = if m.file_type().is_symlink() {
@@ -514,16 +525,14 @@ impl VolumeBackend for VfsVolume {
                     "{relpath:?} is not a directory"
                 )));
             }
-            let dst = src
-                .parent()
-                .ok_or_else(|| ApiError::invalid_path("no parent directory"))?
-                .join(&new_name);
-            if std::fs::symlink_metadata(&dst).is_ok() {
-                return Err(ApiError::already_exists(format!(
-                    "{new_name:?} already exists"
-                )));
-            }
-            std::fs::rename(&src, &dst).map_err(io_ctx(&relpath))
+            let (pdir, name) = PinnedDir::parent_of(&src, &root)?;
+            pdir.rename_to(
+                name,
+                &pdir,
+                std::ffi::OsStr::new(&new_name),
+                false,
+                &new_name,
+            )
         })
         .await
     }
@@ -567,16 +576,9 @@ impl VolumeBackend for VfsVolume {
                     "cannot move a directory into itself",
                 ));
             }
-            let parent = dst
-                .parent()
-                .ok_or_else(|| ApiError::invalid_path("no parent directory"))?;
-            let real_parent = std::fs::canonicalize(parent).map_err(io_ctx(&dst_s))?;
-            if !real_parent.starts_with(&root) {
-                return Err(ApiError::invalid_path(
-                    "the path resolves outside the folder",
-                ));
-            }
-            std::fs::rename(&src, &dst).map_err(io_ctx(&src_s))
+            let (sdir, sname) = PinnedDir::parent_of(&src, &root)?;
+            let (ddir, dname) = PinnedDir::parent_of(&dst, &root)?;
+            sdir.rename_to(sname, &ddir, dname, false, &dst_s)
         })
         .await
     }
@@ -600,6 +602,7 @@ impl VolumeBackend for VfsVolume {
                 }
                 targets.push((r, resolve(&root, &rel, false)?));
             }
+            let trash = PinnedDir::open(&me.root.join(TRASH_DIR), &me.root)?;
             for (r, p) in targets {
                 let m = match std::fs::symlink_metadata(&p) {
                     Ok(m) => m,
@@ -607,15 +610,24 @@ impl VolumeBackend for VfsVolume {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(ApiError::io(e, r)),
                 };
-                if m.is_dir() {
-                    if recursive {
-                        std::fs::remove_dir_all(&p).map_err(io_ctx(r))?;
-                    } else {
-                        std::fs::remove_dir(&p).map_err(io_ctx(r))?;
-                    }
+                let (pdir, name) = match PinnedDir::parent_of(&p, &root) {
+                    Ok(x) => x,
+                    Err(e) if e.status.as_u16() == 404 => continue,
+                    Err(e) => return Err(e),
+                };
+                if m.is_dir() && recursive {
+                    // One pinned rename takes the tree out of the folder; removing it from
+                    // the private trash cannot touch anything else.
+                    let tmp = Uuid::new_v4().simple().to_string();
+                    pdir.rename_to(name, &trash, std::ffi::OsStr::new(&tmp), false, r)?;
+                    std::fs::remove_dir_all(me.root.join(TRASH_DIR).join(&tmp))
+                        .map_err(io_ctx(r))?;
                 } else {
-                    // Files and symlinks (the link itself, never its target).
-                    std::fs::remove_file(&p).map_err(io_ctx(r))?;
+                    // Files and symlinks (the link itself, never its target), empty dirs.
+                    match pdir.unlink(name, m.is_dir(), r) {
+                        Err(e) if e.status.as_u16() == 404 => {}
+                        other => other?,
+                    }
                 }
             }
             Ok(())
