@@ -91,3 +91,55 @@ pub fn refuse_ro_write(work: &Path, config: &KernelConfig, path: &Path) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(mounts: Value, mount_map: Value) -> KernelConfig {
+        serde_json::from_value(json!({
+            "kernel_id": uuid::Uuid::new_v4(),
+            "image": {"canonical": "python"},
+            "mounts": mounts,
+            "mount_map": mount_map,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn symlinks_at_the_requested_paths_and_ro_uploads_refused() {
+        let base =
+            std::env::temp_dir().join(format!("bai-mounts-{}", uuid::Uuid::new_v4().simple()));
+        let (work, data, models) = (base.join("work"), base.join("data"), base.join("models"));
+        for d in [&work, &data, &models] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let cfg = config(
+            json!([
+                {"name": "data", "host": "local:v", "host_path": data, "perm": "rw"},
+                {"name": "models", "host": "local:v", "host_path": models, "perm": "ro"},
+            ]),
+            json!({"models": "/home/work/m/models"}),
+        );
+        expose(&work, &cfg).unwrap();
+        // Idempotent for a restarted kernel.
+        expose(&work, &cfg).unwrap();
+        assert_eq!(std::fs::read_link(work.join("data")).unwrap(), data);
+        assert_eq!(std::fs::read_link(work.join("m/models")).unwrap(), models);
+        assert!(refuse_ro_write(&work, &cfg, &work.join("data/x")).is_ok());
+        assert!(refuse_ro_write(&work, &cfg, &work.join("m/models/x")).is_err());
+        // Paths outside /home/work or escaping it are refused.
+        let bad = config(
+            json!([{"name": "data", "host": "local:v", "host_path": data, "perm": "rw"}]),
+            json!({"data": "/etc/data"}),
+        );
+        assert!(expose(&work, &bad).is_err());
+        let bad = config(
+            json!([{"name": "data", "host": "local:v", "host_path": data, "perm": "rw"}]),
+            json!({"data": "/home/work/../../x"}),
+        );
+        assert!(expose(&work, &bad).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1657,3 +1657,64 @@ async fn official_client_vfolder_commands() {
     let out = run(u(), vec!["vfolder", "delete", "myvf"], "").await;
     assert!(out.contains("Deleted"), "{out}");
 }
+
+/// The same command id delivered twice (a client retry or a redelivery) has one effect and
+/// one answer.
+#[tokio::test]
+async fn a_repeated_command_has_one_effect() {
+    let e = env().await;
+    let app = &e.app;
+    let uid = app.user_uuid(USER_EMAIL).await;
+    let caller = bai_core::vfolder::Caller {
+        user_uuid: uid,
+        email: USER_EMAIL.into(),
+        access_key: "AKIANABBDUSEREXAMPLE".into(),
+        role: "user".into(),
+        is_admin: false,
+        domain_name: "default".into(),
+        resource_policy: "default".into(),
+    };
+    let cmd = bai_events::Command::Vfolder(Box::new(bai_events::VfolderCommand {
+        caller,
+        op: bai_events::VfolderOp::Create {
+            name: "once".into(),
+            host: "local:volume1".into(),
+            usage_mode: "general".into(),
+            permission: "rw".into(),
+            unmanaged_path: None,
+            group: None,
+            quota: None,
+            cloneable: false,
+        },
+    }));
+    let id = Uuid::new_v4();
+    let mut answers = Vec::new();
+    // A deduplicated publish gets no reply: wait briefly for the second.
+    for deadline in [TIMEOUT, Duration::from_secs(2)] {
+        let out = app
+            .bus
+            .bus
+            .publish_command_with_id(id, None, cmd.clone(), deadline)
+            .await
+            .expect("publish");
+        answers.push(format!("{out:?}"));
+    }
+    // The second publish is deduplicated by JetStream or answered from the stored result.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE name = 'once'")
+        .fetch_one(app.db.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "{answers:?}");
+    assert!(answers[0].contains("Ok"), "{answers:?}");
+    // A fresh command with the same name is refused as a duplicate.
+    let out = app
+        .bus
+        .bus
+        .publish_command_with_id(Uuid::new_v4(), None, cmd, TIMEOUT)
+        .await
+        .expect("publish");
+    assert!(
+        format!("{out:?}").contains("vfolder-already-exists"),
+        "{out:?}"
+    );
+}
