@@ -1331,6 +1331,12 @@ async fn mounts_into_a_process_kernel() {
     let user = app.user().await;
     create(&user, json!({"name": "data"})).await;
     create(&user, json!({"name": "models"})).await;
+    let dadmin = app.domain_admin().await;
+    create(
+        &dadmin,
+        json!({"name": "teamro", "group": DEFAULT_GROUP, "permission": "ro"}),
+    )
+    .await;
     std::fs::write(
         folder_dir(&e.root, &{
             let (_, v) = call(&user, Method::GET, "/folders/models", None).await;
@@ -1370,7 +1376,7 @@ async fn mounts_into_a_process_kernel() {
         "/session",
         Some(body(
             "vfsess",
-            json!(["data", "models"]),
+            json!(["data", "models", "teamro"]),
             json!({"models": "/home/work/m/models"}),
         )),
     )
@@ -1380,15 +1386,43 @@ async fn mounts_into_a_process_kernel() {
     let sid = Uuid::parse_str(v["sessionId"].as_str().unwrap()).unwrap();
     app.track_redis_key(bai_api::session::access::last_access_key(sid));
 
+    // The mounts with the owner's permission on each (a group member gets `ro` here).
+    let rows: Value =
+        sqlx::query_scalar("SELECT to_jsonb(mounts) FROM kernels WHERE session_id = $1")
+            .bind(sid)
+            .fetch_one(app.db.db.pool())
+            .await
+            .unwrap();
+    let perms: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                r[3].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        perms,
+        vec![
+            ("data".to_string(), "wd".to_string()),
+            ("models".to_string(), "wd".to_string()),
+            ("teamro".to_string(), "ro".to_string())
+        ]
+    );
+
     // The kernel writes into the rw mount; the folder lists the file.
     let out = run_code(
         &user,
         "vfsess",
-        "import os\nopen('data/from-kernel.txt','w').write('hi from kernel')\nprint(open('m/models/weights.txt').read())\nprint(sorted(os.listdir('data')))",
+        "import os\nopen('data/from-kernel.txt','w').write('hi from kernel')\nprint(open('m/models/weights.txt').read())\nprint(sorted(os.listdir('data')))\nprint('teamro', os.path.isdir('teamro'))",
     )
     .await;
     assert!(out.contains("w=1"), "{out}");
     assert!(out.contains("from-kernel.txt"), "{out}");
+    assert!(out.contains("teamro True"), "{out}");
     let (s, v) = ls(&user, "data", "").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(item_names(&v), vec!["from-kernel.txt"]);
