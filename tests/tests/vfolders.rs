@@ -1752,3 +1752,58 @@ async fn a_repeated_command_has_one_effect() {
         "{out:?}"
     );
 }
+
+/// Concurrent creates of one name: exactly one wins (the checks run in the SERIALIZABLE
+/// write transaction); a frozen manager refuses writes but still serves reads.
+#[tokio::test]
+async fn concurrent_creates_and_frozen_manager() {
+    let e = env().await;
+    let app = &e.app;
+    let user = app.user().await;
+    let results = futures::future::join_all((0..6).map(|_| {
+        let c = &user;
+        async move { call(c, Method::POST, "/folders", Some(json!({"name": "race"}))).await }
+    }))
+    .await;
+    let won = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|(s, _)| *s != StatusCode::CREATED)
+            .all(|(s, v)| *s == StatusCode::BAD_REQUEST
+                && problem_slug(v) == "vfolder-already-exists")
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE name = 'race'")
+        .fetch_one(app.db.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    app.etcd.etcd.put("manager/status", "frozen").await.unwrap();
+    let (s, v) = call(
+        &user,
+        Method::POST,
+        "/folders",
+        Some(json!({"name": "cold"})),
+    )
+    .await;
+    assert_eq!(
+        (s, problem_slug(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "server-frozen")
+    );
+    let (s, _) = call(&user, Method::DELETE, "/folders/race", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = call(&user, Method::GET, "/folders/race", None).await;
+    assert_eq!(s, StatusCode::OK, "reads work while frozen");
+    app.etcd
+        .etcd
+        .put("manager/status", "running")
+        .await
+        .unwrap();
+    let (s, _) = call(&user, Method::DELETE, "/folders/race", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
