@@ -1260,6 +1260,21 @@ async fn clone_runs_as_a_background_task() {
         last.1["total_progress"].as_i64().unwrap()
     );
 
+    // Another volume or another proxy: refused up front.
+    for host in ["local:volume2", "elsewhere:volume1"] {
+        let (s, v) = call(
+            &user,
+            Method::POST,
+            "/folders/src/clone",
+            Some(json!({"target_name": "dst2", "target_host": host})),
+        )
+        .await;
+        assert_eq!(
+            (s, problem_slug(&v)),
+            (StatusCode::BAD_REQUEST, "invalid-api-params"),
+            "{host}: {v}"
+        );
+    }
     // Duplicate target name.
     let (s, v) = call(
         &user,

@@ -451,6 +451,12 @@ async fn apply(
                     "proxy name of source and target vfolders must be equal.",
                 ));
             }
+            // The proxy's clone copies within one volume (storage contract).
+            if split_host(&src.host).map(|h| h.1) != split_host(target_host).map(|h| h.1) {
+                return Ok(invalid(
+                    "Cloning to another volume is not supported: use the source's volume.",
+                ));
+            }
             let mut v = create(
                 conn,
                 c,
