@@ -1325,7 +1325,8 @@ async fn mounts_into_a_process_kernel() {
     let agent_id = format!("i-vf-{}", &Uuid::new_v4().simple().to_string()[..8]);
     rabbit.track_agent(&agent_id);
     let work_root = std::env::temp_dir().join(format!("bai-vf-test-{}", Uuid::new_v4().simple()));
-    let mut cfg = bai_agent::AgentConfig::new(&agent_id, &rabbit.url, &rabbit.prefix, work_root);
+    let mut cfg =
+        bai_agent::AgentConfig::new(&agent_id, &rabbit.url, &rabbit.prefix, work_root.clone());
     cfg.heartbeat_interval = Duration::from_millis(300);
     cfg.destroy_grace = Duration::from_secs(3);
     cfg.set_slot("cpu", "4").unwrap();
@@ -1448,6 +1449,28 @@ async fn mounts_into_a_process_kernel() {
 
     let (s, _) = call(&user, Method::DELETE, "/session/vfsess", None).await;
     assert_eq!(s, StatusCode::OK);
+    // The kernel's work dir goes away with the kernel; the folders' data stays.
+    let gone = bai_tests::eventually(TIMEOUT, || async {
+        let st: String =
+            sqlx::query_scalar("SELECT status::text FROM kernels WHERE session_id = $1")
+                .bind(sid)
+                .fetch_one(app.db.db.pool())
+                .await
+                .unwrap();
+        let dir_gone = !work_root.join(sid.to_string()).exists();
+        (st == "TERMINATED" && dir_gone).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "session terminated and its work dir removed"
+    );
+    assert_eq!(
+        download(&user, "data", "from-kernel.txt").await,
+        b"hi from kernel"
+    );
+    let (_, v) = ls(&user, "models", "").await;
+    assert_eq!(item_names(&v), vec!["weights.txt"]);
 }
 
 async fn gql(c: &SignedClient, query: &str) -> Value {
