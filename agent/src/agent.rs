@@ -344,6 +344,7 @@ impl Agent {
                     .decode(data.as_bytes())
                     .map_err(|e| RemoteError::invalid(format!("file data is not base64: {e}")))?;
                 let path = k.resolve(&filename)?;
+                crate::mounts::refuse_ro_write(&k.work, &k.config, &path)?;
                 if let Some(parent) = path.parent() {
                     tokio::fs::create_dir_all(parent)
                         .await

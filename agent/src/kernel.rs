@@ -106,6 +106,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 pub async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RemoteError> {
     let work = spec.dir.join("work");
     tokio::fs::create_dir_all(&work).await.map_err(bad)?;
+    crate::mounts::expose(&work, spec.config)?;
     let runner = spec.dir.join("runner.py");
     tokio::fs::write(&runner, RUNNER_PY).await.map_err(bad)?;
     let environ: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();

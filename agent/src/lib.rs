@@ -13,6 +13,7 @@ pub mod config;
 pub mod kernel;
 pub mod link;
 pub mod metrics;
+pub mod mounts;
 pub mod sim;
 
 pub use agent::{Agent, AgentHandle};

@@ -65,6 +65,20 @@ const KNOWN_ERRORS: &[(&str, &str)] = &[
     ("too-many-sessions-matched", "Too many sessions matched."),
     ("image-not-found", "No such environment image."),
     ("vfolder-not-found", "No such virtual folder."),
+    (
+        "vfolder-creation-failed",
+        "Virtual folder creation has failed.",
+    ),
+    (
+        "vfolder-already-exists",
+        "The virtual folder already exists with the same name.",
+    ),
+    (
+        "vfolder-operation-failed",
+        "Virtual folder operation has failed.",
+    ),
+    ("group-not-found", "No such user group."),
+    ("domain-not-found", "No such domain."),
     ("kernel-creation-failed", "Kernel creation has failed."),
     (
         "kernel-destruction-failed",

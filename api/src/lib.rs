@@ -65,7 +65,68 @@ fn routes() -> Router<AppState> {
         .route("/image/import", get(image::import).post(image::import))
         .merge(stream_routes())
         .merge(session_routes())
+        .merge(folder_routes())
         .merge(graphql::graphql_routes())
+}
+
+/// `/folders` (literal `/folders/_/...` and `/folders/invitations/...` win over `{name}`);
+/// legacy underscore spellings the 21.3.x client uses are aliases.
+fn folder_routes() -> Router<AppState> {
+    use axum::routing::delete;
+    use routes::folders as f;
+    Router::new()
+        .route(
+            "/folders",
+            post(f::create).get(f::list).delete(f::delete_by_id),
+        )
+        .route("/folders/_/hosts", get(f::hosts))
+        .route("/folders/_/all-hosts", get(f::all_hosts))
+        .route("/folders/_/all_hosts", get(f::all_hosts))
+        .route("/folders/_/allowed-types", get(f::allowed_types))
+        .route("/folders/_/allowed_types", get(f::allowed_types))
+        .route("/folders/_/shared", get(f::list_shared).post(f::set_shared))
+        .route("/folders/_/perf-metric", get(f::host_admin_not_implemented))
+        .route("/folders/_/fstab", get(f::host_admin_not_implemented))
+        .route(
+            "/folders/_/mounts",
+            get(f::host_admin_not_implemented)
+                .post(f::host_admin_not_implemented)
+                .delete(f::host_admin_not_implemented),
+        )
+        .route("/folders/invitations/list", get(f::list_invitations))
+        .route(
+            "/folders/invitations/list-sent",
+            get(f::list_sent_invitations),
+        )
+        .route(
+            "/folders/invitations/list_sent",
+            get(f::list_sent_invitations),
+        )
+        .route(
+            "/folders/invitations/update/{inv_id}",
+            post(f::update_invitation),
+        )
+        .route("/folders/invitations/accept", post(f::accept_invitation))
+        .route("/folders/invitations/delete", delete(f::delete_invitation))
+        .route("/folders/{name}", get(f::info).delete(f::delete))
+        .route("/folders/{name}/rename", post(f::rename))
+        .route("/folders/{name}/update-options", post(f::update_options))
+        .route("/folders/{name}/mkdir", post(f::mkdir))
+        .route("/folders/{name}/request-upload", post(f::request_upload))
+        .route(
+            "/folders/{name}/request-download",
+            post(f::request_download),
+        )
+        .route("/folders/{name}/rename-file", post(f::rename_file))
+        .route("/folders/{name}/rename_file", post(f::rename_file))
+        .route("/folders/{name}/delete-files", delete(f::delete_files))
+        .route("/folders/{name}/delete_files", delete(f::delete_files))
+        .route("/folders/{name}/files", get(f::files))
+        .route("/folders/{name}/invite", post(f::invite))
+        .route("/folders/{name}/leave", post(f::leave))
+        .route("/folders/{name}/share", post(f::share))
+        .route("/folders/{name}/unshare", delete(f::unshare))
+        .route("/folders/{name}/clone", post(f::clone))
 }
 
 /// Server-sent events, usage accounting and background-task starters (issue 8).

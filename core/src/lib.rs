@@ -10,7 +10,9 @@ pub mod keypair;
 pub mod metrics;
 pub mod redis;
 pub mod slots;
+pub mod storage_proxy;
 pub mod telemetry;
+pub mod vfolder;
 
 pub use config::Config;
 pub use db::{Db, Txn};

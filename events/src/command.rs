@@ -63,6 +63,8 @@ pub enum Command {
     },
     /// Ask a running background task to stop (it ends as `cancelled`).
     CancelBackgroundTask { task_id: Uuid },
+    /// A virtual-folder write (`/folders`); see [`crate::vfolder`].
+    Vfolder(Box<crate::vfolder::VfolderCommand>),
 }
 
 impl Kind for Command {
@@ -83,6 +85,7 @@ impl Kind for Command {
             Command::EtcdDelete { .. } => "etcd_delete",
             Command::StartBackgroundTask { .. } => "start_background_task",
             Command::CancelBackgroundTask { .. } => "cancel_background_task",
+            Command::Vfolder(_) => "vfolder",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod session;
 pub mod stats;
 pub mod subjects;
+pub mod vfolder;
 
 pub use admin::{AdminCaller, AdminCommand, AdminOp};
 pub use bus::{Bus, BusError, BusOptions};
@@ -23,3 +24,4 @@ pub use envelope::{Envelope, Kind};
 pub use event::Event;
 pub use feed::{EventFeed, EventHub, FeedItem, FeedOptions, FeedStart, HubOptions, Subscription};
 pub use subjects::Subjects;
+pub use vfolder::{VfolderCommand, VfolderOp};

@@ -25,9 +25,11 @@
 //! ## Kinds
 //! * `recalculate_usage` — [`crate::usage::recalculate`];
 //! * `rescan_images` — [`rescan`] (registries of type `local`);
+//! * `vfolder_clone` — [`vfclone`] (a folder copy through its storage proxy);
 //! * `probe` — progress steps with an optional failure, for operators and tests.
 
 pub mod rescan;
+pub mod vfclone;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -305,6 +307,7 @@ async fn run_kind(
             rescan::rescan_images(ctx, progress, registry).await
         }
         bgtask::KIND_PROBE => probe(progress, params).await,
+        bai_events::vfolder::KIND_CLONE => vfclone::clone(ctx, progress, params).await,
         other => anyhow::bail!("unknown background task kind: {other}"),
     }
 }

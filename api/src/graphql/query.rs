@@ -1228,18 +1228,36 @@ impl Queries {
 
     // ------------------------------------------------------------------ storage
 
-    /// Volumes come from the storage proxies, which this deployment does not run yet:
-    /// no volume is known, so this is null.
+    /// A volume of a storage proxy by `<proxy>:<volume>` (superadmin).
     async fn storage_volume(
         &self,
         ctx: &Context<'_>,
         id: Option<String>,
     ) -> GqlResult<Option<StorageVolume>> {
-        let _ = id;
-        rc(ctx).require_superadmin()?;
-        Ok(None)
+        let rc = rc(ctx);
+        rc.require_superadmin()?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let store = bai_core::storage_proxy::StorageProxies::shared(&rc.state.etcd);
+        let (proxy, volume) = store
+            .for_host(&id)
+            .await
+            .map_err(|e| gql_err(ApiError::invalid_api_params().with_msg(format!("{e}"))))?;
+        let volumes = proxy
+            .volumes()
+            .await
+            .map_err(|e| gql_err(ApiError::service_unavailable().with_msg(format!("{e}"))))?;
+        match volumes.into_iter().find(|v| v.name == volume) {
+            Some(v) => Ok(Some(StorageVolume::from_info(id, v, proxy))),
+            None => Err(gql_err(ApiError::not_found().with_msg(format!(
+                "The volume with the given id ({id}) does not exist"
+            )))),
+        }
     }
 
+    /// Every volume of every reachable storage proxy (superadmin); `filter`/`order` are
+    /// accepted and ignored, as the original's `load_slice` did.
     async fn storage_volume_list(
         &self,
         ctx: &Context<'_>,
@@ -1248,12 +1266,22 @@ impl Queries {
         filter: Option<String>,
         order: Option<String>,
     ) -> GqlResult<StorageVolumeList> {
-        let _ = (limit, offset, filter, order);
-        rc(ctx).require_superadmin()?;
-        Ok(StorageVolumeList {
-            items: Vec::new(),
-            total_count: 0,
-        })
+        let _ = (filter, order);
+        let rc = rc(ctx);
+        rc.require_superadmin()?;
+        let store = bai_core::storage_proxy::StorageProxies::shared(&rc.state.etcd);
+        let all = store
+            .all_volumes()
+            .await
+            .map_err(|e| gql_err(ApiError::internal_from(format!("etcd: {e:#}"))))?;
+        let total_count = all.len() as i32;
+        let items = all
+            .into_iter()
+            .skip(offset.max(0) as usize)
+            .take(limit.max(0) as usize)
+            .map(|(host, info, proxy)| StorageVolume::from_info(host, info, proxy))
+            .collect();
+        Ok(StorageVolumeList { items, total_count })
     }
 
     // ------------------------------------------------------------------ vfolders

@@ -280,11 +280,33 @@ impl Image {
 // ----------------------------------------------------------------------- StorageVolume
 
 pub struct StorageVolume {
+    /// `<proxy>:<volume>`.
     pub id: String,
     pub backend: Option<String>,
     pub fsprefix: Option<String>,
     pub path: Option<String>,
     pub capabilities: Vec<String>,
+    /// The volume's proxy (for `usage`) and its name there.
+    pub proxy: Option<std::sync::Arc<bai_core::storage_proxy::ProxyClient>>,
+    pub volume: String,
+}
+
+impl StorageVolume {
+    pub fn from_info(
+        host: String,
+        info: bai_core::storage_proxy::VolumeInfo,
+        proxy: std::sync::Arc<bai_core::storage_proxy::ProxyClient>,
+    ) -> Self {
+        Self {
+            id: host,
+            backend: Some(info.backend),
+            fsprefix: Some(info.fsprefix),
+            path: Some(info.path),
+            capabilities: info.capabilities,
+            proxy: Some(proxy),
+            volume: info.name,
+        }
+    }
 }
 
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
@@ -304,14 +326,27 @@ impl StorageVolume {
     async fn capabilities(&self) -> Option<Vec<String>> {
         Some(self.capabilities.clone())
     }
+    /// Our proxy has no hardware-info route: always `{}`.
     async fn hardware_metadata(&self) -> Option<JsonString> {
         Some(JsonString(serde_json::json!({})))
     }
+    /// Our proxy has no performance-metric route: always `{}`.
     async fn performance_metric(&self) -> Option<JsonString> {
         Some(JsonString(serde_json::json!({})))
     }
+    /// `{"capacity_bytes", "used_bytes"}` from the proxy (21.03 #389); null when the
+    /// proxy cannot answer.
     async fn usage(&self) -> Option<JsonString> {
-        Some(JsonString(serde_json::json!({})))
+        let proxy = self.proxy.as_ref()?;
+        match proxy.volume_usage(&self.volume).await {
+            Ok((capacity, used)) => Some(JsonString(
+                serde_json::json!({"capacity_bytes": capacity, "used_bytes": used}),
+            )),
+            Err(e) => {
+                tracing::warn!(volume = %self.id, error = %e, "cannot read volume usage");
+                None
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod folders;
 pub mod image;
 pub mod manager;
 pub mod resource;

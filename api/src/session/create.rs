@@ -538,6 +538,15 @@ pub async fn plan(
         owner.role
     };
 
+    // Folder types enabled in etcd (`volumes/_types`), for resolving mounts.
+    let vfolder_types = if mounts_req.is_empty() {
+        Vec::new()
+    } else {
+        bai_core::vfolder::allowed_types(&state.etcd)
+            .await
+            .map_err(|e| ApiError::internal_from(format!("etcd: {e:#}")))?
+    };
+
     // --- database (one read-only transaction) ---
     let mut txn = state.db.begin_readonly().await?;
     let domain: Option<(String, Vec<String>)> = sqlx::query_as(
@@ -614,30 +623,33 @@ pub async fn plan(
         );
     }
 
-    // Virtual folders: names the owner can access (own, group, shared).
+    // Virtual folders: names the owner can access (own, shared, group), with the
+    // permission the owner has on each (the original's `query_accessible_vfolders`).
     let mut mounts: Vec<Vec<String>> = Vec::new();
-    for name in &mounts_req {
-        let row: Option<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT v.id, v.host, COALESCE(p.permission, v.permission)::text, v.unmanaged_path \
-             FROM vfolders v LEFT JOIN vfolder_permissions p ON p.vfolder = v.id AND p.\"user\" = $2 \
-             WHERE v.name = $1 AND (v.\"user\" = $2 OR p.\"user\" = $2 OR v.\"group\" IN \
-               (SELECT group_id FROM association_groups_users WHERE user_id = $2)) \
-             ORDER BY v.\"user\" = $2 DESC LIMIT 1",
-        )
-        .bind(name)
-        .bind(owner.user_uuid)
-        .fetch_optional(&mut *txn)
-        .await?;
-        let Some((id, host, perm, unmanaged)) = row else {
-            return Err(vfolder_not_found().with_msg(format!("Unknown vfolder: {name}")));
+    if !mounts_req.is_empty() {
+        let mount_caller = bai_core::vfolder::Caller {
+            user_uuid: owner.user_uuid,
+            email: String::new(),
+            access_key: owner.access_key.clone(),
+            role: role.as_str().to_string(),
+            is_admin: false,
+            domain_name: owner.domain_name.clone(),
+            resource_policy: String::new(),
         };
-        mounts.push(vec![
-            name.clone(),
-            host,
-            id.simple().to_string(),
-            perm.unwrap_or_else(|| "rw".into()),
-            unmanaged.unwrap_or_default(),
-        ]);
+        let visible =
+            bai_core::vfolder::accessible(&mut txn, &mount_caller, &vfolder_types, None).await?;
+        for name in &mounts_req {
+            let Some(e) = visible.iter().find(|e| &e.name == name) else {
+                return Err(vfolder_not_found().with_msg(format!("Unknown vfolder: {name}")));
+            };
+            mounts.push(vec![
+                name.clone(),
+                e.host.clone(),
+                e.id.simple().to_string(),
+                e.permission.clone(),
+                e.unmanaged_path.clone().unwrap_or_default(),
+            ]);
+        }
     }
 
     // Scaling group: allowed through the domain, the group or the keypair, and active.

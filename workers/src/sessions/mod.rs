@@ -380,6 +380,8 @@ struct StartRow {
     startup_command: Option<String>,
     internal_data: Option<Value>,
     preopen_ports: Option<Vec<i32>>,
+    /// `kernels.mounts` (a 2-D text array) as JSON.
+    mounts_json: Option<Value>,
 }
 
 /// `start_session`: create the PREPARING kernels on their agents (one RPC per agent, all
@@ -393,7 +395,7 @@ pub async fn start(
         "SELECT id, status::text AS status, agent, session_name, session_creation_id, \
          session_type::text AS session_type, cluster_mode, cluster_size, cluster_role, cluster_idx, \
          cluster_hostname, image, occupied_slots, resource_opts, environ, mount_map, bootstrap_script, \
-         startup_command, internal_data, preopen_ports \
+         startup_command, internal_data, preopen_ports, to_jsonb(mounts) AS mounts_json \
          FROM kernels WHERE session_id = $1 ORDER BY created_at, cluster_idx",
     )
     .bind(session_id)
@@ -415,6 +417,9 @@ pub async fn start(
             "this worker has no agent RPC client"
         )));
     };
+    // Host paths of the session's vfolders, from their storage proxies.
+    let mounts =
+        crate::handlers::vfolder::resolve_mounts(ctx, rows[0].mounts_json.as_ref()).await?;
     let creation_id = rows[0].session_creation_id.clone().unwrap_or_default();
     let mut replicas: BTreeMap<String, u32> = BTreeMap::new();
     for r in &rows {
@@ -481,7 +486,7 @@ pub async fn start(
                 resource_slots,
                 resource_opts: r.resource_opts.clone().unwrap_or(Value::Null),
                 environ,
-                mounts: Vec::new(),
+                mounts: mounts.clone(),
                 mount_map: r.mount_map.clone().unwrap_or(Value::Null),
                 bootstrap_script: r.bootstrap_script.clone(),
                 startup_command: r.startup_command.clone(),
