@@ -63,6 +63,9 @@ pub enum Command {
     },
     /// Ask a running background task to stop (it ends as `cancelled`).
     CancelBackgroundTask { task_id: Uuid },
+    /// Templates, dotfiles, error logs, account and scheduler operations (issue 11); see
+    /// [`crate::rest`]. Boxed to keep every other command small.
+    Rest(Box<crate::rest::RestCommand>),
 }
 
 impl Kind for Command {
@@ -83,6 +86,7 @@ impl Kind for Command {
             Command::EtcdDelete { .. } => "etcd_delete",
             Command::StartBackgroundTask { .. } => "start_background_task",
             Command::CancelBackgroundTask { .. } => "cancel_background_task",
+            Command::Rest(_) => "rest",
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::idempotency::run_once;
 
 pub mod admin;
 pub mod manager;
+pub mod rest;
 use crate::runtime::{HandlerError, WorkerContext};
 
 /// Routes a command to its handler.
@@ -65,6 +66,7 @@ pub async fn dispatch(
             params,
         } => crate::bgtask::run(ctx, env, *task_id, kind, params).await,
         Command::CancelBackgroundTask { task_id } => crate::bgtask::cancel(ctx, *task_id).await,
+        Command::Rest(cmd) => rest::handle(ctx, env, cmd).await,
     }
 }
 
