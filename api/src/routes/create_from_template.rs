@@ -41,9 +41,14 @@ const CONFIG_ALIASES: &[(&str, &str)] = &[
     ("agentList", "agent_list"),
 ];
 
+/// What the 21.3.6 CLI sends for an option it did not get: click renders its `undefined`
+/// default (`Undefined.token`) as a string (`start-template` without `-i`/`-c`), which
+/// would override the template's image with a bogus one. Treated as absent.
+const CLIENT_UNDEFINED: &str = "Undefined.token";
+
 fn canonical(map: Map<String, Value>, aliases: &[(&str, &str)]) -> Map<String, Value> {
     map.into_iter()
-        .filter(|(_, v)| !v.is_null())
+        .filter(|(_, v)| !v.is_null() && v.as_str() != Some(CLIENT_UNDEFINED))
         .map(|(k, v)| {
             let k = aliases
                 .iter()
