@@ -87,11 +87,7 @@ impl Builder {
                         Value::Null => "null".into(),
                         Value::Bool(b) => if b { "True" } else { "False" }.into(),
                         Value::Number(n) => n.to_string(),
-                        _ => {
-                            return Err(YamlError::Syntax(
-                                "mapping keys must be scalars".into(),
-                            ))
-                        }
+                        _ => return Err(YamlError::Syntax("mapping keys must be scalars".into())),
                     };
                     *key = Some(k);
                 }
@@ -170,9 +166,7 @@ fn parse_int(s: &str) -> Option<i64> {
         i64::from_str_radix(&hex.replace('_', ""), 16).ok()?
     } else {
         let digits = body.replace('_', "");
-        if digits.is_empty()
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-            || body.starts_with('_')
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || body.starts_with('_')
         {
             return None;
         }
@@ -184,7 +178,12 @@ fn parse_int(s: &str) -> Option<i64> {
 fn parse_float(s: &str) -> Option<f64> {
     // Decimal floats with a dot (YAML 1.1 requires one); no inf/nan (JSON has none).
     let t = s.trim_start_matches(['-', '+']);
-    if !t.contains('.') || !t.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.') {
+    if !t.contains('.')
+        || !t
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+    {
         return None;
     }
     if !t
@@ -193,10 +192,17 @@ fn parse_float(s: &str) -> Option<f64> {
     {
         return None;
     }
-    s.replace('_', "").parse::<f64>().ok().filter(|f| f.is_finite())
+    s.replace('_', "")
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
 }
 
-fn typed_scalar(text: String, style: TScalarStyle, tag: Option<&'static str>) -> Result<Value, YamlError> {
+fn typed_scalar(
+    text: String,
+    style: TScalarStyle,
+    tag: Option<&'static str>,
+) -> Result<Value, YamlError> {
     let plain = matches!(style, TScalarStyle::Plain);
     let bad = |want: &str| YamlError::Syntax(format!("{text:?} is not a valid {want}"));
     Ok(match tag {
@@ -372,7 +378,10 @@ mod tests {
         let v = parse("run:\n  bootstrap: |\n    echo hi\n    ls\n").unwrap();
         assert_eq!(v, json!({"run": {"bootstrap": "echo hi\nls\n"}}));
         assert_eq!(parse("!!str 12").unwrap(), json!("12"));
-        assert_eq!(parse("a: &x {b: 1}\nc: *x\n").unwrap(), json!({"a": {"b": 1}, "c": {"b": 1}}));
+        assert_eq!(
+            parse("a: &x {b: 1}\nc: *x\n").unwrap(),
+            json!({"a": {"b": 1}, "c": {"b": 1}})
+        );
     }
 
     #[test]
@@ -385,7 +394,9 @@ mod tests {
 
     #[test]
     fn hostile_documents() {
-        let mut laughs = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut laughs = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for i in 1..10 {
             let prev = (b'a' + i - 1) as char;
             let cur = (b'a' + i) as char;
@@ -394,16 +405,30 @@ mod tests {
             ));
         }
         assert_eq!(parse(&laughs), Err(YamlError::TooManyNodes));
-        assert!(matches!(parse("!!python/object/apply:os.system ['id']"), Err(YamlError::Tag(_))));
+        assert!(matches!(
+            parse("!!python/object/apply:os.system ['id']"),
+            Err(YamlError::Tag(_))
+        ));
         assert!(matches!(parse("a: !custom 1"), Err(YamlError::Tag(_))));
         let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
         // The scanner has its own flow-nesting limit; either way it is refused early.
-        assert!(matches!(parse(&deep), Err(YamlError::TooDeep | YamlError::Syntax(_))));
-        let block: String = (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        assert!(matches!(
+            parse(&deep),
+            Err(YamlError::TooDeep | YamlError::Syntax(_))
+        ));
+        let block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         assert_eq!(parse(&block), Err(YamlError::TooDeep));
-        assert_eq!(parse(&"a".repeat(MAX_YAML_BYTES + 1)), Err(YamlError::TooLarge));
+        assert_eq!(
+            parse(&"a".repeat(MAX_YAML_BYTES + 1)),
+            Err(YamlError::TooLarge)
+        );
         assert!(matches!(parse("a: [1, 2"), Err(YamlError::Syntax(_))));
-        assert!(matches!(parse("a: 1\n---\nb: 2\n"), Err(YamlError::Syntax(_))));
+        assert!(matches!(
+            parse("a: 1\n---\nb: 2\n"),
+            Err(YamlError::Syntax(_))
+        ));
         assert!(matches!(parse("? [a]\n: 1\n"), Err(YamlError::Syntax(_))));
     }
 }

@@ -47,9 +47,16 @@ impl TemplateKind {
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum DotfileOwner {
     /// A keypair (`keypairs.dotfiles`); `user_uuid` is its user (for the dot-vfolder clash).
-    User { access_key: String, user_uuid: Uuid },
-    Domain { name: String },
-    Group { id: Uuid },
+    User {
+        access_key: String,
+        user_uuid: Uuid,
+    },
+    Domain {
+        name: String,
+    },
+    Group {
+        id: Uuid,
+    },
 }
 
 /// One dotfile as stored (msgpack map `{path, perm, data}`).
@@ -89,12 +96,18 @@ pub enum RestOp {
         template: Value,
     },
     /// Soft delete (`is_active = false`).
-    DeleteTemplate { id: Uuid, kind: TemplateKind },
+    DeleteTemplate {
+        id: Uuid,
+        kind: TemplateKind,
+    },
     Dotfile {
         owner: DotfileOwner,
         action: DotfileAction,
     },
-    SetBootstrapScript { access_key: String, script: String },
+    SetBootstrapScript {
+        access_key: String,
+        script: String,
+    },
     PostErrorLog {
         id: Uuid,
         user: Uuid,
@@ -107,8 +120,12 @@ pub enum RestOp {
         request_status: Option<i32>,
         traceback: Option<String>,
     },
-    MarkErrorLogsRead { ids: Vec<Uuid> },
-    ClearErrorLog { id: Uuid },
+    MarkErrorLogsRead {
+        ids: Vec<Uuid>,
+    },
+    ClearErrorLog {
+        id: Uuid,
+    },
     /// A self-service account; the keypair and password hash are made by the API.
     Signup {
         domain: String,
@@ -122,14 +139,25 @@ pub enum RestOp {
         group: String,
     },
     /// Deactivate the caller's user and every keypair of it.
-    Signout { user_uuid: Uuid, email: String },
-    UpdatePassword { user_uuid: Uuid, password_hash: String },
+    Signout {
+        user_uuid: Uuid,
+        email: String,
+    },
+    UpdatePassword {
+        user_uuid: Uuid,
+        password_hash: String,
+    },
     /// Generate and store a new SSH keypair for `access_key` (the worker generates it, so
     /// the private key never travels through the command stream).
-    RegenerateSshKeypair { access_key: String },
+    RegenerateSshKeypair {
+        access_key: String,
+    },
     /// `include-agents` / `exclude-agents`: set `agents.schedulable` for every id, all or
     /// nothing.
-    SetAgentsSchedulable { agents: Vec<String>, schedulable: bool },
+    SetAgentsSchedulable {
+        agents: Vec<String>,
+        schedulable: bool,
+    },
 }
 
 impl RestOp {

@@ -99,8 +99,10 @@ async fn session_templates_round_trip_and_access() {
         .json(
             Method::POST,
             "/template/session",
-            Some(&json!({"payload": TEMPLATE_YAML, "group_name": "default", "domain_name": "default",
-                         "owner_access_key": null})),
+            Some(
+                &json!({"payload": TEMPLATE_YAML, "group_name": "default", "domain_name": "default",
+                         "owner_access_key": null}),
+            ),
         )
         .await
         .unwrap();
@@ -122,7 +124,10 @@ async fn session_templates_round_trip_and_access() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{as_json}");
-    assert_eq!(as_json["metadata"], json!({"name": "my-template", "tag": "t1"}));
+    assert_eq!(
+        as_json["metadata"],
+        json!({"name": "my-template", "tag": "t1"})
+    );
     assert_eq!(as_json["spec"]["session_type"], "interactive");
     assert_eq!(as_json["spec"]["kernel"]["environ"]["NUMBER"], "42");
     assert_eq!(as_json["spec"]["resources"]["mem"], "1g");
@@ -136,7 +141,11 @@ async fn session_templates_round_trip_and_access() {
         .unwrap()
         .starts_with("text/yaml"));
     let yaml_text = resp.text().await.unwrap();
-    assert_eq!(bai_api::yaml::parse(&yaml_text).unwrap(), as_json, "{yaml_text}");
+    assert_eq!(
+        bai_api::yaml::parse(&yaml_text).unwrap(),
+        as_json,
+        "{yaml_text}"
+    );
     // ... and the YAML answer is itself an acceptable payload (PUT it back unchanged).
     let (status, body) = user
         .json(
@@ -150,7 +159,11 @@ async fn session_templates_round_trip_and_access() {
 
     // List: the owner sees it; `all` is a superadmin switch.
     let (status, list) = user
-        .json(Method::GET, "/template/session", Some(&json!({"all": false})))
+        .json(
+            Method::GET,
+            "/template/session",
+            Some(&json!({"all": false})),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -168,10 +181,18 @@ async fn session_templates_round_trip_and_access() {
     assert_eq!(item["group_name"], "default");
     let admin = app.superadmin().await;
     let (_, all) = admin
-        .json(Method::GET, "/template/session", Some(&json!({"all": true})))
+        .json(
+            Method::GET,
+            "/template/session",
+            Some(&json!({"all": true})),
+        )
         .await
         .unwrap();
-    assert!(all.as_array().unwrap().iter().any(|t| t["id"] == id.as_str() && t["is_owner"] == false));
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == id.as_str() && t["is_owner"] == false));
 
     // Update with JSON; schema violations are 400 (strict inner dicts, mount paths).
     let mut doc = as_json.clone();
@@ -229,12 +250,11 @@ async fn session_templates_round_trip_and_access() {
         .await
         .unwrap();
     assert_eq!((status, body), (StatusCode::OK, json!({"success": true})));
-    let active: bool =
-        sqlx::query_scalar("SELECT is_active FROM session_templates WHERE id = $1")
-            .bind(Uuid::parse_str(&id).unwrap())
-            .fetch_one(app.db.db.pool())
-            .await
-            .unwrap();
+    let active: bool = sqlx::query_scalar("SELECT is_active FROM session_templates WHERE id = $1")
+        .bind(Uuid::parse_str(&id).unwrap())
+        .fetch_one(app.db.db.pool())
+        .await
+        .unwrap();
     assert!(!active, "soft-deleted row stays");
     let (status, body) = user
         .json(Method::GET, &format!("/template/session/{id}"), None)
@@ -258,7 +278,11 @@ async fn session_templates_round_trip_and_access() {
     assert_eq!(status, StatusCode::OK, "{created}");
     let cid = created["id"].as_str().unwrap();
     let (status, got) = admin
-        .json(Method::GET, &format!("/template/cluster/{cid}?format=json"), None)
+        .json(
+            Method::GET,
+            &format!("/template/cluster/{cid}?format=json"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -276,7 +300,9 @@ async fn malicious_yaml_is_refused_quickly() {
     let app = TestApp::spawn().await;
     let user = app.user().await;
     // Billion laughs: 9 levels of 9 aliases (9^9 nodes if expanded).
-    let mut laughs = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut laughs = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     for i in 1..9u8 {
         let (p, c) = ((b'a' + i - 1) as char, (b'a' + i) as char);
         laughs.push_str(&format!(
@@ -303,7 +329,10 @@ async fn malicious_yaml_is_refused_quickly() {
                 .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
                 .collect::<String>(),
         ),
-        ("huge document", format!("a: \"{}\"\n", "x".repeat(600 * 1024))),
+        (
+            "huge document",
+            format!("a: \"{}\"\n", "x".repeat(600 * 1024)),
+        ),
         ("malformed", "a: [1, 2\nb: {".to_string()),
     ];
     for (what, payload) in cases {
@@ -366,7 +395,13 @@ async fn dotfile_limits_and_permissions() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["title"], "Dotfile already exists.");
-    for (path, perm) in [(".ssh", "644"), (".x", "8"), (".x", "0644"), ("../x", "644"), ("/etc/x", "644")] {
+    for (path, perm) in [
+        (".ssh", "644"),
+        (".x", "8"),
+        (".x", "0644"),
+        ("../x", "644"),
+        ("/etc/x", "644"),
+    ] {
         let (status, body) = post(
             &user,
             "/user-config/dotfiles",
@@ -399,7 +434,10 @@ async fn dotfile_limits_and_permissions() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(one, json!({"path": ".bashrc", "perm": "644", "data": "set -o vi\n"}));
+    assert_eq!(
+        one,
+        json!({"path": ".bashrc", "perm": "644", "data": "set -o vi\n"})
+    );
     let (status, body) = user
         .json(
             Method::PATCH,
@@ -418,8 +456,11 @@ async fn dotfile_limits_and_permissions() {
         json!([{"path": ".bashrc", "permission": "600", "data": "set -o emacs\n"}])
     );
     let (status, body) = user
-        .json(Method::PATCH, "/user-config/dotfiles",
-              Some(&json!({"data": "x", "path": ".nope", "permission": "600"})))
+        .json(
+            Method::PATCH,
+            "/user-config/dotfiles",
+            Some(&json!({"data": "x", "path": ".nope", "permission": "600"})),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -536,7 +577,11 @@ async fn dotfile_limits_and_permissions() {
 
     // The client's misspelled `onwer_access_key` is a 400, as in the original.
     let (status, _) = user
-        .json(Method::GET, "/user-config/dotfiles?onwer_access_key=x", None)
+        .json(
+            Method::GET,
+            "/user-config/dotfiles?onwer_access_key=x",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -575,10 +620,26 @@ async fn dotfiles_and_bootstrap_reach_the_kernel() {
     let user = app.user().await;
     let dadmin = app.domain_admin().await;
     for (c, path, body) in [
-        (&user, "/user-config/dotfiles", json!({"data": "user-version\n", "path": ".mydot", "permission": "600"})),
-        (&user, "/user-config/dotfiles", json!({"data": "#!/bin/sh\necho hi\n", "path": "/home/work/bin/hi.sh", "permission": "755"})),
-        (&dadmin, "/domain-config/dotfiles", json!({"domain": "default", "data": "domain-version\n", "path": ".mydot", "permission": "644"})),
-        (&dadmin, "/domain-config/dotfiles", json!({"domain": "default", "data": "dom\n", "path": ".domonly", "permission": "644"})),
+        (
+            &user,
+            "/user-config/dotfiles",
+            json!({"data": "user-version\n", "path": ".mydot", "permission": "600"}),
+        ),
+        (
+            &user,
+            "/user-config/dotfiles",
+            json!({"data": "#!/bin/sh\necho hi\n", "path": "/home/work/bin/hi.sh", "permission": "755"}),
+        ),
+        (
+            &dadmin,
+            "/domain-config/dotfiles",
+            json!({"domain": "default", "data": "domain-version\n", "path": ".mydot", "permission": "644"}),
+        ),
+        (
+            &dadmin,
+            "/domain-config/dotfiles",
+            json!({"domain": "default", "data": "dom\n", "path": ".domonly", "permission": "644"}),
+        ),
     ] {
         let (status, b) = post(c, path, body).await;
         assert_eq!(status, StatusCode::OK, "{b}");
@@ -592,7 +653,11 @@ async fn dotfiles_and_bootstrap_reach_the_kernel() {
     assert_eq!(status, StatusCode::OK);
 
     let (status, body) = user
-        .json(Method::POST, "/session", Some(&create_body("dotsess", json!({}))))
+        .json(
+            Method::POST,
+            "/session",
+            Some(&create_body("dotsess", json!({}))),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -602,11 +667,24 @@ async fn dotfiles_and_bootstrap_reach_the_kernel() {
     let work = root.join(sid.to_string()).join("work");
     // RUNNING is reported after the bootstrap ran, so everything is in place now.
     let mydot = work.join(".mydot");
-    assert_eq!(std::fs::read_to_string(&mydot).unwrap(), "user-version\n", "user wins");
-    assert_eq!(std::fs::metadata(&mydot).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&mydot).unwrap(),
+        "user-version\n",
+        "user wins"
+    );
+    assert_eq!(
+        std::fs::metadata(&mydot).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let hi = work.join("bin/hi.sh");
-    assert_eq!(std::fs::metadata(&hi).unwrap().permissions().mode() & 0o777, 0o755);
-    assert_eq!(std::fs::read_to_string(work.join(".domonly")).unwrap(), "dom\n");
+    assert_eq!(
+        std::fs::metadata(&hi).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join(".domonly")).unwrap(),
+        "dom\n"
+    );
     let saw = std::fs::read_to_string(work.join("boot-saw.txt")).unwrap();
     assert!(saw.starts_with("user-version\n-rwxr-xr-x"), "{saw}");
 
@@ -637,16 +715,22 @@ async fn dotfiles_and_bootstrap_reach_the_kernel() {
         std::fs::read_to_string(work2.join("tpl-boot.txt")).unwrap(),
         "from template\n"
     );
-    assert!(!work2.join("boot-saw.txt").exists(), "the template's bootstrap replaces the keypair's");
-    let (tag, environ, slots): (Option<String>, Vec<String>, Value) = sqlx::query_as(
-        "SELECT tag, environ, occupied_slots FROM kernels WHERE session_id = $1",
-    )
-    .bind(sid2)
-    .fetch_one(app.db.db.pool())
-    .await
-    .unwrap();
+    assert!(
+        !work2.join("boot-saw.txt").exists(),
+        "the template's bootstrap replaces the keypair's"
+    );
+    let (tag, environ, slots): (Option<String>, Vec<String>, Value) =
+        sqlx::query_as("SELECT tag, environ, occupied_slots FROM kernels WHERE session_id = $1")
+            .bind(sid2)
+            .fetch_one(app.db.db.pool())
+            .await
+            .unwrap();
     assert_eq!(tag.as_deref(), Some("req-tag"));
-    assert_eq!(environ, vec!["EXTRA=1".to_string()], "request config overrides the template's environ");
+    assert_eq!(
+        environ,
+        vec!["EXTRA=1".to_string()],
+        "request config overrides the template's environ"
+    );
     assert_eq!(slots["mem"], "1073741824");
     // An unknown template is the original's 404.
     let (status, body) = post(
@@ -695,14 +779,24 @@ async fn error_logs_paging_and_visibility() {
     assert_eq!(status, StatusCode::OK);
     let mut bad = log_body(0);
     bad["severity"] = json!("fatal");
-    assert_eq!(post(&user, "/logs/error", bad).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(&user, "/logs/error", bad).await.0,
+        StatusCode::BAD_REQUEST
+    );
     let mut bad = log_body(0);
     bad["context_env"] = json!("{not json");
-    assert_eq!(post(&user, "/logs/error", bad).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(&user, "/logs/error", bad).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // The client's query; pages of 20 and 5, newest first; plain users see their own.
     let (status, page1) = user
-        .json(Method::GET, "/logs/error?mark_read=False&page_size=20&page_no=1", None)
+        .json(
+            Method::GET,
+            "/logs/error?mark_read=False&page_size=20&page_no=1",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{page1}");
@@ -712,9 +806,16 @@ async fn error_logs_paging_and_visibility() {
     assert_eq!(logs[0]["message"], "boom 24");
     assert!(logs[0]["created_at"].as_f64().unwrap() > 1.6e9);
     assert_eq!(logs[0]["context_env"], json!({"browser": "x"}));
-    assert!(logs[0].get("is_cleared").is_none(), "users do not get is_cleared");
+    assert!(
+        logs[0].get("is_cleared").is_none(),
+        "users do not get is_cleared"
+    );
     let (_, page2) = user
-        .json(Method::GET, "/logs/error?mark_read=true&page_size=20&page_no=2", None)
+        .json(
+            Method::GET,
+            "/logs/error?mark_read=true&page_size=20&page_no=2",
+            None,
+        )
         .await
         .unwrap();
     let logs2 = page2["logs"].as_array().unwrap();
@@ -725,18 +826,31 @@ async fn error_logs_paging_and_visibility() {
         .json(Method::GET, "/logs/error?page_size=20&page_no=2", None)
         .await
         .unwrap();
-    assert!(again["logs"].as_array().unwrap().iter().all(|l| l["is_read"] == true));
+    assert!(again["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["is_read"] == true));
     assert_eq!(
-        user.json(Method::GET, "/logs/error?page_size=101", None).await.unwrap().0,
+        user.json(Method::GET, "/logs/error?page_size=101", None)
+            .await
+            .unwrap()
+            .0,
         StatusCode::BAD_REQUEST
     );
 
     // Superadmins see everything, domain admins their domain's users (the fixture's users
     // all live in `default`), both with `is_cleared`.
-    let (_, all) = admin.json(Method::GET, "/logs/error?page_size=100", None).await.unwrap();
+    let (_, all) = admin
+        .json(Method::GET, "/logs/error?page_size=100", None)
+        .await
+        .unwrap();
     assert_eq!(all["count"], 26);
     assert!(all["logs"][0].get("is_cleared").is_some());
-    let (status, dom) = dadmin.json(Method::GET, "/logs/error?page_size=100", None).await.unwrap();
+    let (status, dom) = dadmin
+        .json(Method::GET, "/logs/error?page_size=100", None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK, "the original crashed here");
     assert_eq!(dom["count"], 26);
 
@@ -748,9 +862,15 @@ async fn error_logs_paging_and_visibility() {
         .await
         .unwrap();
     assert_eq!((status, body), (StatusCode::OK, json!({"success": true})));
-    let (_, after) = user.json(Method::GET, "/logs/error?page_size=100", None).await.unwrap();
+    let (_, after) = user
+        .json(Method::GET, "/logs/error?page_size=100", None)
+        .await
+        .unwrap();
     assert_eq!(after["count"], 24);
-    let (_, all) = admin.json(Method::GET, "/logs/error?page_size=100", None).await.unwrap();
+    let (_, all) = admin
+        .json(Method::GET, "/logs/error?page_size=100", None)
+        .await
+        .unwrap();
     assert_eq!(all["count"], 26);
     let admins_log = all["logs"]
         .as_array()
@@ -762,12 +882,20 @@ async fn error_logs_paging_and_visibility() {
         .unwrap()
         .to_string();
     let (status, _) = user
-        .json(Method::POST, &format!("/logs/error/{admins_log}/clear"), None)
+        .json(
+            Method::POST,
+            &format!("/logs/error/{admins_log}/clear"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = admin
-        .json(Method::POST, &format!("/logs/error/{}/clear", Uuid::new_v4()), None)
+        .json(
+            Method::POST,
+            &format!("/logs/error/{}/clear", Uuid::new_v4()),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -796,7 +924,13 @@ async fn password_signup_signout_and_ssh_keys() {
         json!({"old_password": USER_PASSWORD, "new_password": "n3w-pass!", "new_password2": "other"}),
     )
     .await;
-    assert_eq!((status, body), (StatusCode::BAD_REQUEST, json!({"error_msg": "new password mismitch"})));
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error_msg": "new password mismitch"})
+        )
+    );
     let (status, body) = post(
         &user,
         "/auth/update-password",
@@ -809,23 +943,49 @@ async fn password_signup_signout_and_ssh_keys() {
         .fetch_one(app.db.db.pool())
         .await
         .unwrap();
-    assert!(stored.starts_with("$2b$12$"), "bcrypt like the fixtures: {stored}");
+    assert!(
+        stored.starts_with("$2b$12$"),
+        "bcrypt like the fixtures: {stored}"
+    );
     let anon = app.anonymous();
-    let authorize = |pw: &str| {
-        json!({"type": "keypair", "domain": "default", "username": USER_EMAIL, "password": pw})
-    };
-    assert_eq!(post(&anon, "/auth/authorize", authorize("n3w-pass!")).await.0, StatusCode::OK);
-    assert_eq!(post(&anon, "/auth/authorize", authorize(USER_PASSWORD)).await.0, StatusCode::UNAUTHORIZED);
+    let authorize = |pw: &str| json!({"type": "keypair", "domain": "default", "username": USER_EMAIL, "password": pw});
+    assert_eq!(
+        post(&anon, "/auth/authorize", authorize("n3w-pass!"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&anon, "/auth/authorize", authorize(USER_PASSWORD))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // SSH keypair: none yet, then a real RSA pair.
-    let (status, body) = user.json(Method::GET, "/auth/ssh-keypair", None).await.unwrap();
-    assert_eq!((status, body), (StatusCode::OK, json!({"ssh_public_key": null})));
-    let (status, pair) = user.json(Method::PATCH, "/auth/ssh-keypair", None).await.unwrap();
+    let (status, body) = user
+        .json(Method::GET, "/auth/ssh-keypair", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"ssh_public_key": null}))
+    );
+    let (status, pair) = user
+        .json(Method::PATCH, "/auth/ssh-keypair", None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK, "{pair}");
     let public = pair["ssh_public_key"].as_str().unwrap();
     assert!(public.starts_with("ssh-rsa AAAA"), "{public}");
-    assert!(pair["ssh_private_key"].as_str().unwrap().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-    let (_, body) = user.json(Method::GET, "/auth/ssh-keypair", None).await.unwrap();
+    assert!(pair["ssh_private_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let (_, body) = user
+        .json(Method::GET, "/auth/ssh-keypair", None)
+        .await
+        .unwrap();
     assert_eq!(body["ssh_public_key"], public);
 
     // Signup: off by default, on through etcd.
@@ -840,7 +1000,10 @@ async fn password_signup_signout_and_ssh_keys() {
         .unwrap();
     let (status, keys) = post(&anon, "/auth/signup", signup.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{keys}");
-    let (ak, sk) = (keys["access_key"].as_str().unwrap(), keys["secret_key"].as_str().unwrap());
+    let (ak, sk) = (
+        keys["access_key"].as_str().unwrap(),
+        keys["secret_key"].as_str().unwrap(),
+    );
     app.track_redis_key(format!("rlim:{ak}"));
     app.track_redis_key(format!("kp:{ak}:num_queries"));
     let newbie = app.client(ak, sk);
@@ -905,8 +1068,16 @@ async fn excluded_agents_get_no_sessions() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(problem_slug(&body), "instance-not-found");
-    assert_eq!(post(&user, "/manager/scheduler/operation", json!({"op": "exclude-agents", "args": []})).await.0,
-               StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(
+            &user,
+            "/manager/scheduler/operation",
+            json!({"op": "exclude-agents", "args": []})
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _) = post(
         &admin,
         "/manager/scheduler/operation",
@@ -917,16 +1088,22 @@ async fn excluded_agents_get_no_sessions() {
 
     let mut sessions = Vec::new();
     for i in 0..4 {
-        let (status, body) = post(&user, "/session", create_body(&format!("sched-{i}"), json!({}))).await;
+        let (status, body) = post(
+            &user,
+            "/session",
+            create_body(&format!("sched-{i}"), json!({})),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["status"], "RUNNING", "{body}");
         sessions.push(Uuid::parse_str(body["sessionId"].as_str().unwrap()).unwrap());
     }
-    let placed: Vec<String> = sqlx::query_scalar("SELECT agent FROM kernels WHERE session_id = ANY($1)")
-        .bind(&sessions)
-        .fetch_all(app.db.db.pool())
-        .await
-        .unwrap();
+    let placed: Vec<String> =
+        sqlx::query_scalar("SELECT agent FROM kernels WHERE session_id = ANY($1)")
+            .bind(&sessions)
+            .fetch_all(app.db.db.pool())
+            .await
+            .unwrap();
     assert!(placed.iter().all(|a| a == &ids[1]), "{placed:?}");
 
     // Included again, it takes sessions (packed placement prefers the emptier... any).
@@ -946,23 +1123,40 @@ async fn excluded_agents_get_no_sessions() {
 
     // Freeze with force_kill terminates every live session through commands.
     let resp = admin
-        .send(Method::PUT, "/manager/status", Some(&json!({"status": "frozen", "force_kill": true})))
+        .send(
+            Method::PUT,
+            "/manager/status",
+            Some(&json!({"status": "frozen", "force_kill": true})),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     for sid in &sessions {
         wait_status(&app, *sid, "TERMINATED").await;
     }
-    app.etcd.etcd.put("manager/status", "running").await.unwrap();
+    app.etcd
+        .etcd
+        .put("manager/status", "running")
+        .await
+        .unwrap();
 
     // The agent watcher does not exist here: a clear 503 not-implemented.
     let (status, body) = admin
-        .json(Method::GET, "/resource/watcher", Some(&json!({"agent_id": ids[0]})))
+        .json(
+            Method::GET,
+            "/resource/watcher",
+            Some(&json!({"agent_id": ids[0]})),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem_slug(&body), "not-implemented");
-    let (status, _) = post(&admin, "/resource/watcher/agent/restart", json!({"agent_id": ids[0]})).await;
+    let (status, _) = post(
+        &admin,
+        "/resource/watcher/agent/restart",
+        json!({"agent_id": ids[0]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     fleet.stop().await;
 }

@@ -68,7 +68,12 @@ pub async fn signup(
         .get(SIGNUP_ENABLED_KEY)
         .await
         .map_err(ApiError::internal_from)?
-        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
+        .is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        });
     if !enabled {
         return Err(ApiError::forbidden().with_msg("Signup is disabled on this server."));
     }
@@ -77,8 +82,9 @@ pub async fn signup(
         return Err(ApiError::invalid_api_params().with_msg("Invalid email"));
     }
     if p.password.len() < 8 {
-        return Err(ApiError::invalid_api_params()
-            .with_msg("Password must be at least 8 characters long."));
+        return Err(
+            ApiError::invalid_api_params().with_msg("Password must be at least 8 characters long.")
+        );
     }
     let username = p.username.unwrap_or_else(|| p.email.clone());
     if username.len() > 64 {

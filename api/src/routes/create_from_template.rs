@@ -70,8 +70,14 @@ fn git_clone_script(git: &Value) -> Option<String> {
     let mut cmd = String::from("git clone ");
     match git.get("credential").filter(|c| c.is_object()) {
         Some(c) => {
-            let user = c.get("username").and_then(Value::as_str).unwrap_or_default();
-            let pass = c.get("password").and_then(Value::as_str).unwrap_or_default();
+            let user = c
+                .get("username")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let pass = c
+                .get("password")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             match repo.split_once("://") {
                 Some((proto, url)) => cmd.push_str(&format!("{proto}://{user}:{pass}@{url}")),
                 None => cmd.push_str(repo),
@@ -100,16 +106,26 @@ fn from_template(t: &Value, domain: String, group: Option<String>) -> Map<String
     if let Some(g) = group {
         p.insert("group".into(), json!(g));
     }
-    if let Some(tag) = t.pointer("/metadata/tag").filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+    if let Some(tag) = t
+        .pointer("/metadata/tag")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
         p.insert("tag".into(), tag.clone());
     }
     if let Some(ty) = t.pointer("/spec/session_type") {
         p.insert("type".into(), ty.clone());
     }
-    if let Some(env) = t.pointer("/spec/kernel/environ").filter(|e| e.as_object().is_some_and(|o| !o.is_empty())) {
+    if let Some(env) = t
+        .pointer("/spec/kernel/environ")
+        .filter(|e| e.as_object().is_some_and(|o| !o.is_empty()))
+    {
         config.insert("environ".into(), env.clone());
     }
-    if let Some(mounts) = t.pointer("/spec/mounts").and_then(Value::as_object).filter(|m| !m.is_empty()) {
+    if let Some(mounts) = t
+        .pointer("/spec/mounts")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+    {
         config.insert("mounts".into(), json!(mounts.keys().collect::<Vec<_>>()));
         let map: Map<String, Value> = mounts
             .iter()
@@ -121,10 +137,16 @@ fn from_template(t: &Value, domain: String, group: Option<String>) -> Map<String
     if let Some(res) = t.pointer("/spec/resources").filter(|r| r.is_object()) {
         config.insert("resources".into(), res.clone());
     }
-    if let Some(b) = t.pointer("/spec/kernel/run/bootstrap").filter(|v| v.is_string()) {
+    if let Some(b) = t
+        .pointer("/spec/kernel/run/bootstrap")
+        .filter(|v| v.is_string())
+    {
         p.insert("bootstrap_script".into(), b.clone());
     }
-    if let Some(s) = t.pointer("/spec/kernel/run/startup_command").filter(|v| v.is_string()) {
+    if let Some(s) = t
+        .pointer("/spec/kernel/run/startup_command")
+        .filter(|v| v.is_string())
+    {
         p.insert("startupCommand".into(), s.clone());
     }
     p.insert("config".into(), Value::Object(config));
@@ -141,7 +163,10 @@ pub async fn create_from_template(
     let Value::Object(mut req) = raw else {
         return Err(ApiError::invalid_api_params().with_msg("Malformed body"));
     };
-    let template_id = match req.remove("template_id").or_else(|| req.remove("templateId")) {
+    let template_id = match req
+        .remove("template_id")
+        .or_else(|| req.remove("templateId"))
+    {
         Some(Value::String(s)) => s,
         _ => {
             return Err(ApiError::invalid_api_params()
@@ -174,7 +199,10 @@ pub async fn create_from_template(
     };
     config.extend(req_config);
     merged.extend(req);
-    if let Some(git) = template.pointer("/spec/kernel/git").filter(|g| g.is_object()) {
+    if let Some(git) = template
+        .pointer("/spec/kernel/git")
+        .filter(|g| g.is_object())
+    {
         if let Some(clone) = git_clone_script(git) {
             let mut script = merged
                 .get("bootstrap_script")

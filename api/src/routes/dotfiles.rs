@@ -43,9 +43,29 @@ const RESERVED_DOTFILES: &[&str] = &[
 
 /// The original's `RESERVED_VFOLDERS`.
 const RESERVED_VFOLDERS: &[&str] = &[
-    ".terminfo", ".jupyter", ".tmux.conf", ".ssh", "/bin", "/boot", "/dev", "/etc", "/lib",
-    "/lib64", "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
-    "/tmp", "/usr", "/var", "/home",
+    ".terminfo",
+    ".jupyter",
+    ".tmux.conf",
+    ".ssh",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/home",
 ];
 
 /// `verify_vfolder_name`: reserved names and `^\.[a-z0-9]+rc$` / `^\.[a-z0-9]+_profile$`.
@@ -220,7 +240,11 @@ pub async fn delete_user_dotfile(
     .await
 }
 
-async fn read_dotfiles(state: &AppState, sql: &str, key: Key<'_>) -> ApiResult<Option<Vec<Dotfile>>> {
+async fn read_dotfiles(
+    state: &AppState,
+    sql: &str,
+    key: Key<'_>,
+) -> ApiResult<Option<Vec<Dotfile>>> {
     let mut txn = state.db.begin_readonly().await?;
     let q = sqlx::query_scalar::<_, Vec<u8>>(sql);
     let raw = match key {
@@ -356,9 +380,13 @@ async fn domain_exists(state: &AppState, domain: &str) -> ApiResult<()> {
         .fetch_optional(&mut *txn)
         .await?;
     txn.commit().await?;
-    found
-        .map(|_| ())
-        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "domain-not-found", "No such domain."))
+    found.map(|_| ()).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "domain-not-found",
+            "No such domain.",
+        )
+    })
 }
 
 pub async fn create_domain_dotfile(
@@ -429,7 +457,11 @@ pub async fn get_domain_dotfiles(
     )
     .await?
     .ok_or_else(|| {
-        ApiError::new(axum::http::StatusCode::NOT_FOUND, "domain-not-found", "No such domain.")
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "domain-not-found",
+            "No such domain.",
+        )
     })?;
     get_answer(files, p.path)
 }
@@ -496,11 +528,13 @@ async fn resolve_group(
                 .await?
         }
         Err(_) => {
-            sqlx::query_as("SELECT id, domain_name FROM groups WHERE name = $1 AND domain_name = $2")
-                .bind(group)
-                .bind(domain.unwrap_or(&user.domain_name))
-                .fetch_optional(&mut *txn)
-                .await?
+            sqlx::query_as(
+                "SELECT id, domain_name FROM groups WHERE name = $1 AND domain_name = $2",
+            )
+            .bind(group)
+            .bind(domain.unwrap_or(&user.domain_name))
+            .fetch_optional(&mut *txn)
+            .await?
         }
     };
     let Some((id, group_domain)) = row else {
@@ -541,7 +575,14 @@ pub async fn create_group_dotfile(
         perm: p.permission,
         data: p.data,
     };
-    send_action(&state, &req_id, &user, DotfileOwner::Group { id }, DotfileAction::Create(f)).await
+    send_action(
+        &state,
+        &req_id,
+        &user,
+        DotfileOwner::Group { id },
+        DotfileAction::Create(f),
+    )
+    .await
 }
 
 pub async fn update_group_dotfile(
@@ -557,7 +598,14 @@ pub async fn update_group_dotfile(
         perm: p.permission,
         data: p.data,
     };
-    send_action(&state, &req_id, &user, DotfileOwner::Group { id }, DotfileAction::Update(f)).await
+    send_action(
+        &state,
+        &req_id,
+        &user,
+        DotfileOwner::Group { id },
+        DotfileAction::Update(f),
+    )
+    .await
 }
 
 pub async fn delete_group_dotfile(
@@ -583,9 +631,13 @@ pub async fn get_group_dotfiles(
     Params(p): Params<GroupRead>,
 ) -> ApiResult<Json<Value>> {
     let id = resolve_group(&state, &user, &p.group, p.domain.as_deref(), false).await?;
-    let files = read_dotfiles(&state, "SELECT dotfiles FROM groups WHERE id = $1", Key::Uuid(id))
-        .await?
-        .unwrap_or_default();
+    let files = read_dotfiles(
+        &state,
+        "SELECT dotfiles FROM groups WHERE id = $1",
+        Key::Uuid(id),
+    )
+    .await?
+    .unwrap_or_default();
     get_answer(files, p.path)
 }
 

@@ -62,7 +62,10 @@ pub async fn append(
     })?;
     let request_status = p
         .request_status
-        .map(|s| i32::try_from(s).map_err(|_| ApiError::invalid_api_params().with_msg("request_status out of range")))
+        .map(|s| {
+            i32::try_from(s)
+                .map_err(|_| ApiError::invalid_api_params().with_msg("request_status out of range"))
+        })
         .transpose()?;
     let r = rest_cmd::send(
         &state,
@@ -198,7 +201,13 @@ pub async fn list(
         .collect();
     // Answered as read before the marking, like the original (it marks after listing).
     if p.mark_read && !unread.is_empty() {
-        rest_cmd::send(&state, &req_id, &user, RestOp::MarkErrorLogsRead { ids: unread }).await?;
+        rest_cmd::send(
+            &state,
+            &req_id,
+            &user,
+            RestOp::MarkErrorLogsRead { ids: unread },
+        )
+        .await?;
     }
     Ok(Json(json!({ "logs": logs, "count": count })))
 }

@@ -54,7 +54,11 @@ pub fn task_template_not_found() -> ApiError {
 }
 
 pub fn instance_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "instance-not-found", "No such instance.")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "instance-not-found",
+        "No such instance.",
+    )
 }
 
 /// Maps a worker refusal code (see `bai_workers::handlers::rest`) to the API error.

@@ -63,6 +63,7 @@ pub async fn operation(
 /// (superadmin): our agents run no agent watcher, so this is the original's 503
 /// `not-implemented` with a message saying why, never a 404 or a 500.
 pub async fn watcher_not_supported(SuperAdmin(_user): SuperAdmin) -> ApiError {
-    ApiError::not_implemented()
-        .with_msg("The agent watcher is not supported by this agent (process agents have no watcher).")
+    ApiError::not_implemented().with_msg(
+        "The agent watcher is not supported by this agent (process agents have no watcher).",
+    )
 }

@@ -134,7 +134,10 @@ impl<'a> Strict<'a> {
             Some(Value::Object(m)) => {
                 if strings {
                     if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_string()) {
-                        return Err(field(&self.p(names[0]), format!("value of {k} is not a string")));
+                        return Err(field(
+                            &self.p(names[0]),
+                            format!("value of {k} is not a string"),
+                        ));
                     }
                 }
                 Ok(Value::Object(m))
@@ -163,7 +166,10 @@ fn check_mounts(mounts: &Value) -> ApiResult<()> {
             if path.is_null() {
                 continue;
             }
-            return Err(field("spec.mounts", format!("path of {name} is not a string")));
+            return Err(field(
+                "spec.mounts",
+                format!("path of {name} is not a string"),
+            ));
         };
         let Some(rest) = p.strip_prefix("/home/work/") else {
             return Err(invalid(format!("Path {p} must start with /home/work/.")));
@@ -188,11 +194,19 @@ pub fn check_task_template(raw: Value) -> ApiResult<Value> {
     if kind != "taskTemplate" && kind != "task_template" {
         return Err(field("kind", "value doesn't match any variant"));
     }
-    let mut meta = Strict::new("metadata", top.take(&["metadata"]).ok_or_else(|| field("metadata", "is required"))?)?;
+    let mut meta = Strict::new(
+        "metadata",
+        top.take(&["metadata"])
+            .ok_or_else(|| field("metadata", "is required"))?,
+    )?;
     let name = meta.string(&["name"])?;
     let tag = meta.opt_string(&["tag"])?;
     meta.strict()?;
-    let mut spec = Strict::new("spec", top.take(&["spec"]).ok_or_else(|| field("spec", "is required"))?)?;
+    let mut spec = Strict::new(
+        "spec",
+        top.take(&["spec"])
+            .ok_or_else(|| field("spec", "is required"))?,
+    )?;
     // `session_type` / `dest_dir` / `startup_command` (the stored spellings) are accepted
     // too, so a stored template validates to itself (GET as JSON, PUT it back).
     let session_type = match spec.take(&["type", "sessionType", "session_type"]) {
@@ -203,7 +217,8 @@ pub fn check_task_template(raw: Value) -> ApiResult<Value> {
     };
     let mut kernel = Strict::new(
         "spec.kernel",
-        spec.take(&["kernel"]).ok_or_else(|| field("spec.kernel", "is required"))?,
+        spec.take(&["kernel"])
+            .ok_or_else(|| field("spec.kernel", "is required"))?,
     )?;
     let image = kernel.string(&["image"])?;
     let environ = kernel.opt_mapping(&["environ"], json!({}), true)?;
@@ -274,10 +289,18 @@ pub fn check_cluster_template(raw: Value) -> ApiResult<Value> {
     if mode != "single-node" && mode != "multi-node" {
         return Err(field("mode", "value doesn't match any variant"));
     }
-    let mut meta = Strict::new("metadata", top.take(&["metadata"]).ok_or_else(|| field("metadata", "is required"))?)?;
+    let mut meta = Strict::new(
+        "metadata",
+        top.take(&["metadata"])
+            .ok_or_else(|| field("metadata", "is required"))?,
+    )?;
     let name = meta.string(&["name"])?;
     meta.strict()?;
-    let mut spec = Strict::new("spec", top.take(&["spec"]).ok_or_else(|| field("spec", "is required"))?)?;
+    let mut spec = Strict::new(
+        "spec",
+        top.take(&["spec"])
+            .ok_or_else(|| field("spec", "is required"))?,
+    )?;
     let environ = spec.opt_mapping(&["environ"], json!({}), true)?;
     let mounts = spec.opt_mapping(&["mounts"], json!({}), false)?;
     check_mounts(&mounts)?;
@@ -301,7 +324,9 @@ pub fn check_cluster_template(raw: Value) -> ApiResult<Value> {
                 .ok_or_else(|| field(&format!("{path}.replicas"), "value is not int"))?,
         };
         node.strict()?;
-        nodes.push(json!({ "role": role, "session_template": tpl.to_string(), "replicas": replicas }));
+        nodes.push(
+            json!({ "role": role, "session_template": tpl.to_string(), "replicas": replicas }),
+        );
     }
     spec.strict()?;
     let mut out = top.finish()?;
@@ -349,21 +374,27 @@ pub async fn resolve_group(
     let mut txn = state.db.begin_readonly().await?;
     let id: Option<Uuid> = match role {
         UserRole::Superadmin => {
-            sqlx::query_scalar("SELECT id FROM groups WHERE domain_name = $1 AND name = $2 AND is_active")
-                .bind(domain)
-                .bind(group)
-                .fetch_optional(&mut *txn)
-                .await?
+            sqlx::query_scalar(
+                "SELECT id FROM groups WHERE domain_name = $1 AND name = $2 AND is_active",
+            )
+            .bind(domain)
+            .bind(group)
+            .fetch_optional(&mut *txn)
+            .await?
         }
         UserRole::Admin => {
             if domain != owner.domain_name {
-                return Err(invalid("You can only set the domain to the owner's domain."));
+                return Err(invalid(
+                    "You can only set the domain to the owner's domain.",
+                ));
             }
-            sqlx::query_scalar("SELECT id FROM groups WHERE domain_name = $1 AND name = $2 AND is_active")
-                .bind(domain)
-                .bind(group)
-                .fetch_optional(&mut *txn)
-                .await?
+            sqlx::query_scalar(
+                "SELECT id FROM groups WHERE domain_name = $1 AND name = $2 AND is_active",
+            )
+            .bind(domain)
+            .bind(group)
+            .fetch_optional(&mut *txn)
+            .await?
         }
         _ => {
             if domain != owner.domain_name {
@@ -524,16 +555,17 @@ async fn load_accessible(
     let allowed = row.user_uuid == owner.user_uuid
         || user.is_superadmin()
         || (user.role == UserRole::Admin && row.domain_name == user.domain_name)
-        || (!write && {
-            let member: Option<Uuid> = sqlx::query_scalar(
+        || (!write
+            && {
+                let member: Option<Uuid> = sqlx::query_scalar(
                 "SELECT group_id FROM association_groups_users WHERE user_id = $1 AND group_id = $2",
             )
             .bind(owner.user_uuid)
             .bind(row.group_id)
             .fetch_optional(&mut *txn)
             .await?;
-            member.is_some()
-        });
+                member.is_some()
+            });
     txn.commit().await?;
     if !allowed {
         return Err(not_found(kind));
@@ -605,7 +637,8 @@ async fn delete(
     ensure_not_frozen(&state).await?;
     let owner = resolve_owner(&state, &user, owner_access_key_param(&uri).as_deref()).await?;
     let (id, _) = load_accessible(&state, kind, &user, &owner, &id, true).await?;
-    let result = rest_cmd::send(&state, &req_id, &user, RestOp::DeleteTemplate { id, kind }).await?;
+    let result =
+        rest_cmd::send(&state, &req_id, &user, RestOp::DeleteTemplate { id, kind }).await?;
     Ok(Json(result))
 }
 

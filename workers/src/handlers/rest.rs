@@ -14,8 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use bai_events::rest::{
-    pack_dotfiles, unpack_dotfiles, DotfileAction, DotfileOwner, RestCommand, RestOp,
-    MAX_DOTFILES, MAX_DOTFILE_BYTES, REST_ERROR_KEY,
+    pack_dotfiles, unpack_dotfiles, DotfileAction, DotfileOwner, RestCommand, RestOp, MAX_DOTFILES,
+    MAX_DOTFILE_BYTES, REST_ERROR_KEY,
 };
 use bai_events::{Command, CommandReply, Envelope};
 
