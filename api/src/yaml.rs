@@ -247,7 +247,7 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
         let at = |m: &str| YamlError::Syntax(format!("{m} at line {}", mark.line()));
         match event {
             Event::StreamEnd => break,
-            Event::DocumentStart { .. } => {
+            Event::DocumentStart => {
                 b.documents += 1;
                 if b.documents > 1 {
                     return Err(at("more than one document"));

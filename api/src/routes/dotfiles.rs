@@ -652,17 +652,17 @@ pub async fn session_dotfiles(
     group_id: Uuid,
     domain_name: &str,
 ) -> Result<Value, sqlx::Error> {
-    let (domain, group, user): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) =
-        sqlx::query_as(
-            "SELECT (SELECT dotfiles FROM domains WHERE name = $3), \
-                    (SELECT dotfiles FROM groups WHERE id = $2), \
-                    (SELECT dotfiles FROM keypairs WHERE access_key = $1)",
-        )
-        .bind(access_key)
-        .bind(group_id)
-        .bind(domain_name)
-        .fetch_one(conn)
-        .await?;
+    type Raw = Option<Vec<u8>>;
+    let (domain, group, user): (Raw, Raw, Raw) = sqlx::query_as(
+        "SELECT (SELECT dotfiles FROM domains WHERE name = $3), \
+                (SELECT dotfiles FROM groups WHERE id = $2), \
+                (SELECT dotfiles FROM keypairs WHERE access_key = $1)",
+    )
+    .bind(access_key)
+    .bind(group_id)
+    .bind(domain_name)
+    .fetch_one(conn)
+    .await?;
     let mut merged: BTreeMap<String, Dotfile> = BTreeMap::new();
     for raw in [domain, group, user].into_iter().flatten() {
         for f in unpack_dotfiles(&raw) {
