@@ -5,8 +5,9 @@
 //! * the text is at most [`MAX_YAML_BYTES`] (checked before the parser sees it);
 //! * nesting is at most [`MAX_DEPTH`] (no recursion anywhere, so no stack overflow);
 //! * anchors and aliases are allowed (safe_load allows them) but every node an alias
-//!   expands to is charged to a budget of [`MAX_NODES`], so a "billion laughs" document
-//!   fails after a bounded amount of work and memory;
+//!   expands to is charged to a budget of [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`]
+//!   bytes of scalar text, so a "billion laughs" document (of nodes, or of one long
+//!   string aliased many times) fails after a bounded amount of work and memory;
 //! * only the YAML core tags (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!map`,
 //!   `!!seq`) are accepted: there are no constructors for custom tags at all;
 //! * one document per payload; map keys must be scalars.
@@ -23,6 +24,8 @@ use yaml_rust2::{Yaml, YamlEmitter};
 pub const MAX_YAML_BYTES: usize = 256 * 1024;
 pub const MAX_DEPTH: usize = 32;
 pub const MAX_NODES: usize = 20_000;
+/// Scalar text (keys and values) of the built document, aliases expanded.
+pub const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum YamlError {
@@ -30,7 +33,7 @@ pub enum YamlError {
     TooLarge,
     #[error("the document is nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("the document has more than {MAX_NODES} nodes (aliases included)")]
+    #[error("the document has more than {MAX_NODES} nodes or {MAX_EXPANDED_BYTES} bytes of text (aliases expanded)")]
     TooManyNodes,
     #[error("unsupported tag {0}")]
     Tag(String),
@@ -52,23 +55,25 @@ enum Frame {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: std::collections::HashMap<usize, (Value, usize)>,
+    anchors: std::collections::HashMap<usize, (Value, Cost)>,
     nodes: usize,
+    bytes: usize,
     root: Option<Value>,
     documents: usize,
 }
 
 impl Builder {
-    fn charge(&mut self, n: usize) -> Result<(), YamlError> {
-        self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
+    fn charge(&mut self, c: Cost) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(c.nodes);
+        self.bytes = self.bytes.saturating_add(c.bytes);
+        if self.nodes > MAX_NODES || self.bytes > MAX_EXPANDED_BYTES {
             return Err(YamlError::TooManyNodes);
         }
         Ok(())
     }
 
     /// Attaches a finished node (with its size in nodes) to its parent, or makes it the root.
-    fn push_value(&mut self, v: Value, anchor: usize, size: usize) -> Result<(), YamlError> {
+    fn push_value(&mut self, v: Value, anchor: usize, size: Cost) -> Result<(), YamlError> {
         if anchor > 0 {
             self.anchors.insert(anchor, (v.clone(), size));
         }
@@ -103,7 +108,7 @@ impl Builder {
         if self.stack.len() >= MAX_DEPTH {
             return Err(YamlError::TooDeep);
         }
-        self.charge(1)?;
+        self.charge(Cost { nodes: 1, bytes: 0 })?;
         self.stack.push(frame);
         Ok(())
     }
@@ -237,6 +242,7 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
         stack: Vec::new(),
         anchors: Default::default(),
         nodes: 0,
+        bytes: 0,
         root: None,
         documents: 0,
     };
@@ -254,17 +260,27 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
                 }
             }
             Event::Alias(id) => {
-                let Some((v, size)) = b.anchors.get(&id).cloned() else {
+                let Some(size) = b.anchors.get(&id).map(|(_, c)| *c) else {
                     return Err(at("unknown alias"));
                 };
-                // An alias costs what it expands to: this is what bounds billion laughs.
+                // An alias costs what it expands to (charged before copying it): this is
+                // what bounds billion laughs.
                 b.charge(size)?;
+                let v = b
+                    .anchors
+                    .get(&id)
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or(Value::Null);
                 b.push_value(v, 0, size)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                b.charge(1)?;
+                let size = Cost {
+                    nodes: 1,
+                    bytes: text.len(),
+                };
+                b.charge(size)?;
                 let v = typed_scalar(text, style, core_tag(&tag)?)?;
-                b.push_value(v, anchor, 1)?;
+                b.push_value(v, anchor, size)?;
             }
             Event::SequenceStart(anchor, tag) => {
                 if let Some(t) = core_tag(&tag)? {
@@ -296,7 +312,11 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
                     None => return Err(at("unbalanced collection end")),
                 };
                 // The size of an anchored collection (for alias charging) is its node count.
-                let size = if anchor > 0 { count_nodes(&v) } else { 1 };
+                let size = if anchor > 0 {
+                    cost_of(&v)
+                } else {
+                    Cost { nodes: 1, bytes: 0 }
+                };
                 b.push_value(v, anchor, size)?;
             }
             _ => {}
@@ -305,19 +325,30 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
     Ok(b.root.unwrap_or(Value::Null))
 }
 
-/// Nodes of a value, iteratively (values here are at most [`MAX_DEPTH`] deep anyway).
-fn count_nodes(v: &Value) -> usize {
-    let mut n = 0usize;
+/// What a value costs: nodes, and bytes of text in keys and strings.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    nodes: usize,
+    bytes: usize,
+}
+
+/// The cost of a value, iteratively (values here are at most [`MAX_DEPTH`] deep anyway).
+fn cost_of(v: &Value) -> Cost {
+    let mut c = Cost::default();
     let mut todo = vec![v];
     while let Some(x) = todo.pop() {
-        n += 1;
+        c.nodes += 1;
         match x {
             Value::Array(a) => todo.extend(a.iter()),
-            Value::Object(o) => todo.extend(o.values()),
+            Value::Object(o) => {
+                c.bytes += o.keys().map(String::len).sum::<usize>();
+                todo.extend(o.values());
+            }
+            Value::String(s) => c.bytes += s.len(),
             _ => {}
         }
     }
-    n
+    c
 }
 
 fn to_yaml(v: &Value) -> Yaml {
@@ -405,6 +436,13 @@ mod tests {
             ));
         }
         assert_eq!(parse(&laughs), Err(YamlError::TooManyNodes));
+        // Few nodes, but one long string aliased many times.
+        let long = format!(
+            "s: &s \"{}\"\nl: [{}]\n",
+            "x".repeat(100_000),
+            "*s,".repeat(50)
+        );
+        assert_eq!(parse(&long), Err(YamlError::TooManyNodes));
         assert!(matches!(
             parse("!!python/object/apply:os.system ['id']"),
             Err(YamlError::Tag(_))

@@ -312,6 +312,14 @@ async fn malicious_yaml_is_refused_quickly() {
     let cases = [
         ("billion laughs", laughs),
         (
+            "aliased long string",
+            format!(
+                "s: &s \"{}\"\nl: [{}]\n",
+                "x".repeat(100_000),
+                "*s,".repeat(20_000)
+            ),
+        ),
+        (
             "python tag",
             "!!python/object/apply:os.system ['touch /tmp/pwned']".to_string(),
         ),
