@@ -524,6 +524,15 @@ impl Agent {
             .map_err(|e| RemoteError::internal(format!("cannot create {}: {e}", work.display())))?;
         let env = self.build_env(req, k, &work);
         if !restart {
+            // Dotfiles first, so the bootstrap script can already use them.
+            let work_dir = work.clone();
+            let data = k.internal_data.clone();
+            let n = tokio::task::spawn_blocking(move || kernel::write_dotfiles(&work_dir, &data))
+                .await
+                .unwrap_or(0);
+            if n > 0 {
+                tracing::debug!(kernel_id = %kid, count = n, "dotfiles written");
+            }
             if let Some(script) = k
                 .bootstrap_script
                 .as_deref()

@@ -604,6 +604,64 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf, RemoteError> {
     Ok(out)
 }
 
+/// Writes the dotfiles of `internal_data.dotfiles` (`[{path, perm, data}]`, from the
+/// manager's domain/group/user dotfiles) into the kernel's work dir (`/home/work`) with
+/// their octal modes, creating parent directories. Paths outside `/home/work` are skipped:
+/// kernels here are host processes, so nothing is written outside the work dir. Returns
+/// how many files were written.
+pub fn write_dotfiles(work: &Path, internal_data: &Value) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(files) = internal_data.get("dotfiles").and_then(Value::as_array) else {
+        return 0;
+    };
+    let mut written = 0;
+    for f in files {
+        let (Some(path), Some(data)) = (
+            f.get("path").and_then(Value::as_str),
+            f.get("data").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let mode = f
+            .get("perm")
+            .and_then(Value::as_str)
+            .and_then(|p| u32::from_str_radix(p, 8).ok())
+            .filter(|m| *m <= 0o777)
+            .unwrap_or(0o644);
+        if path.starts_with('/') && !path.starts_with("/home/work/") {
+            tracing::warn!(path, "dotfile outside /home/work skipped");
+            continue;
+        }
+        let target = match resolve_in(work, path) {
+            Ok(t) if t != work => t,
+            _ => {
+                tracing::warn!(path, "dotfile path refused");
+                continue;
+            }
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            // Replace, never follow, whatever is there (a symlink would redirect the write).
+            match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {
+                    return Err(std::io::Error::other("a directory is in the way"))
+                }
+                Ok(_) => std::fs::remove_file(&target)?,
+                Err(_) => {}
+            }
+            std::fs::write(&target, data)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+        })();
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => tracing::warn!(path, error = %e, "cannot write dotfile"),
+        }
+    }
+    written
+}
+
 async fn read_tail(path: &Path, max: u64) -> String {
     let Ok(data) = tokio::fs::read(path).await else {
         return String::new();

@@ -11,6 +11,7 @@ pub mod routes;
 pub mod session;
 pub mod slots;
 pub mod state;
+pub mod yaml;
 
 use std::net::SocketAddr;
 
@@ -66,6 +67,7 @@ fn routes() -> Router<AppState> {
         .merge(stream_routes())
         .merge(session_routes())
         .merge(folder_routes())
+        .merge(rest_routes())
         .merge(graphql::graphql_routes())
 }
 
@@ -146,6 +148,85 @@ fn stream_routes() -> Router<AppState> {
         .route("/resource/usage/period", get(usage::usage_per_period))
         .route("/resource/stats/user/month", get(usage::user_month_stats))
         .route("/resource/stats/admin/month", get(usage::admin_month_stats))
+}
+
+/// Templates, dotfiles, error logs, account operations, scheduler operations and the
+/// unsupported agent watcher (issue 11).
+fn rest_routes() -> Router<AppState> {
+    use routes::{account, create_from_template, dotfiles, logs, scheduler, templates};
+    Router::new()
+        .route(
+            "/template/session",
+            get(templates::list_session_templates).post(templates::create_session_template),
+        )
+        .route(
+            "/template/session/{id}",
+            get(templates::get_session_template)
+                .put(templates::update_session_template)
+                .delete(templates::delete_session_template),
+        )
+        .route(
+            "/template/cluster",
+            get(templates::list_cluster_templates).post(templates::create_cluster_template),
+        )
+        .route(
+            "/template/cluster/{id}",
+            get(templates::get_cluster_template)
+                .put(templates::update_cluster_template)
+                .delete(templates::delete_cluster_template),
+        )
+        .route(
+            "/session/_/create-from-template",
+            post(create_from_template::create_from_template),
+        )
+        .route(
+            "/user-config/dotfiles",
+            get(dotfiles::get_user_dotfiles)
+                .post(dotfiles::create_user_dotfile)
+                .patch(dotfiles::update_user_dotfile)
+                .delete(dotfiles::delete_user_dotfile),
+        )
+        .route(
+            "/user-config/bootstrap-script",
+            get(dotfiles::get_bootstrap_script).post(dotfiles::set_bootstrap_script),
+        )
+        .route(
+            "/domain-config/dotfiles",
+            get(dotfiles::get_domain_dotfiles)
+                .post(dotfiles::create_domain_dotfile)
+                .patch(dotfiles::update_domain_dotfile)
+                .delete(dotfiles::delete_domain_dotfile),
+        )
+        .route(
+            "/group-config/dotfiles",
+            get(dotfiles::get_group_dotfiles)
+                .post(dotfiles::create_group_dotfile)
+                .patch(dotfiles::update_group_dotfile)
+                .delete(dotfiles::delete_group_dotfile),
+        )
+        .route("/logs/error", get(logs::list).post(logs::append))
+        .route("/logs/error/{log_id}/clear", post(logs::clear))
+        .route("/auth/signup", post(account::signup))
+        .route("/auth/signout", post(account::signout))
+        .route("/auth/update-password", post(account::update_password))
+        .route(
+            "/auth/ssh-keypair",
+            get(account::get_ssh_keypair).patch(account::refresh_ssh_keypair),
+        )
+        .route("/manager/scheduler/operation", post(scheduler::operation))
+        .route("/resource/watcher", get(scheduler::watcher_not_supported))
+        .route(
+            "/resource/watcher/agent/start",
+            post(scheduler::watcher_not_supported),
+        )
+        .route(
+            "/resource/watcher/agent/stop",
+            post(scheduler::watcher_not_supported),
+        )
+        .route(
+            "/resource/watcher/agent/restart",
+            post(scheduler::watcher_not_supported),
+        )
 }
 
 /// `/session` (literal `/session/_/...` paths win over `{name}`) and `/stream/session`.

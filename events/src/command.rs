@@ -65,6 +65,9 @@ pub enum Command {
     CancelBackgroundTask { task_id: Uuid },
     /// A virtual-folder write (`/folders`); see [`crate::vfolder`].
     Vfolder(Box<crate::vfolder::VfolderCommand>),
+    /// Templates, dotfiles, error logs, account and scheduler operations (issue 11); see
+    /// [`crate::rest`]. Boxed to keep every other command small.
+    Rest(Box<crate::rest::RestCommand>),
 }
 
 impl Kind for Command {
@@ -86,6 +89,7 @@ impl Kind for Command {
             Command::StartBackgroundTask { .. } => "start_background_task",
             Command::CancelBackgroundTask { .. } => "cancel_background_task",
             Command::Vfolder(_) => "vfolder",
+            Command::Rest(_) => "rest",
         }
     }
 }

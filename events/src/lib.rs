@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod event;
 pub mod feed;
 pub mod keys;
+pub mod rest;
 pub mod session;
 pub mod stats;
 pub mod subjects;

@@ -9,6 +9,7 @@ pub mod idle;
 pub mod runtime;
 pub mod scheduling;
 pub mod sessions;
+pub mod sshkey;
 pub mod usage;
 
 pub use runtime::{run_command_loop, HandlerError, WorkerContext, WorkerMetrics, WorkerOptions};

@@ -713,6 +713,14 @@ pub async fn plan(
         }
         None => None,
     };
+    // Dotfiles of the domain, group and keypair, delivered to every kernel (issue 11).
+    let dotfiles = crate::routes::dotfiles::session_dotfiles(
+        &mut txn,
+        &owner.access_key,
+        group_id,
+        &domain_name,
+    )
+    .await?;
     txn.commit().await?;
 
     let known = crate::slots::known_slot_types(&state.etcd)
@@ -761,7 +769,7 @@ pub async fn plan(
         mount_map: serde_json::to_value(&mount_map).unwrap_or_else(|_| json!({})),
         resource_opts: Value::Object(config.resource_opts.unwrap_or_default()),
         preopen_ports,
-        internal_data: json!({}),
+        internal_data: json!({ "dotfiles": dotfiles }),
         dependencies: Vec::new(),
         kernels,
     })))

@@ -11,6 +11,7 @@ use crate::idempotency::run_once;
 pub mod admin;
 pub mod manager;
 pub mod vfolder;
+pub mod rest;
 use crate::runtime::{HandlerError, WorkerContext};
 
 /// Routes a command to its handler.
@@ -67,6 +68,7 @@ pub async fn dispatch(
         } => crate::bgtask::run(ctx, env, *task_id, kind, params).await,
         Command::CancelBackgroundTask { task_id } => crate::bgtask::cancel(ctx, *task_id).await,
         Command::Vfolder(cmd) => vfolder::handle(ctx, env, cmd).await,
+        Command::Rest(cmd) => rest::handle(ctx, env, cmd).await,
     }
 }
 
