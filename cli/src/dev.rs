@@ -152,11 +152,7 @@ pub async fn up(opts: DevOptions) -> anyhow::Result<()> {
     // The storage proxy registers itself in etcd, so the manager finds it without setup.
     children.push((
         "storage".into(),
-        spawn(
-            "storage".into(),
-            &opts.config,
-            &s(&["storage", "start-server"]),
-        )?,
+        spawn("storage".into(), &opts, &s(&["storage", "start-server"]))?,
     ));
     for i in 0..opts.workers {
         let name = format!("worker-{}", i + 1);

@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every subcommand here is a long-running server with per-request allocation churn.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "backend-ai", version = bai_core::MANAGER_VERSION, about = "Backend.AI manager (Rust)")]
 struct Cli {

@@ -62,6 +62,7 @@ impl Default for EtcdConfig {
 pub struct DbConfig {
     #[serde(rename = "type")]
     pub kind: String,
+    /// `host:port`, or the directory of the server's Unix socket (e.g. `/var/run/postgresql`).
     pub addr: String,
     pub name: String,
     pub user: String,
