@@ -10,7 +10,6 @@ pub mod keypair;
 pub mod metrics;
 pub mod redis;
 pub mod slots;
-pub mod storage_proxy;
 pub mod telemetry;
 pub mod vfolder;
 

@@ -4,6 +4,8 @@
 //! Every failure is a [`StorageError`]: the proxy's own errors keep its HTTP status and
 //! problem type (the manager answers them as the original's `vfolder-operation-failed`),
 //! transport failures are `Unreachable` (the manager's `storage-proxy-error`).
+//! The per-process cache of clients, one per registered proxy, is
+//! [`crate::registry::StorageProxies`].
 
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ pub enum StorageError {
     /// No proxy of that name is registered in etcd, or a host is malformed.
     #[error("unknown storage proxy or volume host: {0}")]
     UnknownHost(String),
+    /// The proxy registry in etcd could not be read (the proxy is as good as unreachable).
+    #[error("storage proxy discovery failed: {0}")]
+    Discovery(String),
 }
 
 impl StorageError {

@@ -124,6 +124,17 @@ pub enum EntryType {
     Symlink,
 }
 
+impl EntryType {
+    /// The wire name (`FILE`, `DIRECTORY`, `SYMLINK`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::File => "FILE",
+            EntryType::Directory => "DIRECTORY",
+            EntryType::Symlink => "SYMLINK",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EntryStat {
     pub mode: u32,

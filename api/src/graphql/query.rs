@@ -1239,12 +1239,13 @@ impl Queries {
         let Some(id) = id else {
             return Ok(None);
         };
-        let store = bai_core::storage_proxy::StorageProxies::shared(&rc.state.etcd);
+        let store = bai_storage::registry::StorageProxies::shared(&rc.state.etcd);
         let (proxy, volume) = store
             .for_host(&id)
             .await
             .map_err(|e| gql_err(ApiError::invalid_api_params().with_msg(format!("{e}"))))?;
         let volumes = proxy
+            .client()
             .volumes()
             .await
             .map_err(|e| gql_err(ApiError::service_unavailable().with_msg(format!("{e}"))))?;
@@ -1269,7 +1270,7 @@ impl Queries {
         let _ = (filter, order);
         let rc = rc(ctx);
         rc.require_superadmin()?;
-        let store = bai_core::storage_proxy::StorageProxies::shared(&rc.state.etcd);
+        let store = bai_storage::registry::StorageProxies::shared(&rc.state.etcd);
         let all = store
             .all_volumes()
             .await

@@ -287,15 +287,15 @@ pub struct StorageVolume {
     pub path: Option<String>,
     pub capabilities: Vec<String>,
     /// The volume's proxy (for `usage`) and its name there.
-    pub proxy: Option<std::sync::Arc<bai_core::storage_proxy::ProxyClient>>,
+    pub proxy: Option<std::sync::Arc<bai_storage::registry::Proxy>>,
     pub volume: String,
 }
 
 impl StorageVolume {
     pub fn from_info(
         host: String,
-        info: bai_core::storage_proxy::VolumeInfo,
-        proxy: std::sync::Arc<bai_core::storage_proxy::ProxyClient>,
+        info: bai_storage::proto::VolumeInfo,
+        proxy: std::sync::Arc<bai_storage::registry::Proxy>,
     ) -> Self {
         Self {
             id: host,
@@ -338,9 +338,9 @@ impl StorageVolume {
     /// proxy cannot answer.
     async fn usage(&self) -> Option<JsonString> {
         let proxy = self.proxy.as_ref()?;
-        match proxy.volume_usage(&self.volume).await {
-            Ok((capacity, used)) => Some(JsonString(
-                serde_json::json!({"capacity_bytes": capacity, "used_bytes": used}),
+        match proxy.client().volume_usage(&self.volume).await {
+            Ok(u) => Some(JsonString(
+                serde_json::json!({"capacity_bytes": u.capacity_bytes, "used_bytes": u.used_bytes}),
             )),
             Err(e) => {
                 tracing::warn!(volume = %self.id, error = %e, "cannot read volume usage");

@@ -16,9 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use bai_core::storage_proxy::{ProxyClient, ProxyError, StorageProxies};
 use bai_core::vfolder::{self as vf, Caller, Entry, Perm};
 use bai_events::{Command, VfolderCommand, VfolderOp};
+use bai_storage::client::StorageError;
+use bai_storage::registry::{Proxy, StorageProxies};
 
 use crate::auth::{Admin, Auth, AuthUser, SuperAdmin};
 use crate::commands::{self, ReqId};
@@ -63,14 +64,16 @@ fn operation_failed() -> ApiError {
 
 /// A storage-proxy failure as the client sees it: 400 `vfolder-operation-failed` with the
 /// proxy's message (bad paths, missing files, quota), 503 when the proxy is unreachable.
-fn proxy_err(e: ProxyError) -> ApiError {
+fn proxy_err(e: StorageError) -> ApiError {
     match e {
-        ProxyError::Status { message, .. } => operation_failed().with_msg(message),
-        ProxyError::UnknownHost(h) => {
+        StorageError::Proxy { .. } => operation_failed().with_msg(e.message()),
+        StorageError::UnknownHost(h) => {
             operation_failed().with_msg(format!("Unknown storage host: {h}"))
         }
-        ProxyError::Transport(m) => {
-            tracing::warn!(error = %m, "storage proxy unreachable");
+        StorageError::Unreachable { .. }
+        | StorageError::BadResponse { .. }
+        | StorageError::Discovery(_) => {
+            tracing::warn!(error = %e, "storage proxy unreachable");
             ApiError::service_unavailable().with_msg("The storage proxy is unavailable.")
         }
     }
@@ -97,7 +100,7 @@ async fn require(state: &AppState, c: &Caller, name: &str, need: Perm) -> ApiRes
     e.ok_or_else(|| vfolder_not_found().with_msg("Your operation may be permission denied."))
 }
 
-async fn proxy_of(state: &AppState, e: &Entry) -> ApiResult<(std::sync::Arc<ProxyClient>, String)> {
+async fn proxy_of(state: &AppState, e: &Entry) -> ApiResult<(std::sync::Arc<Proxy>, String)> {
     proxies(state).for_host(&e.host).await.map_err(proxy_err)
 }
 
@@ -353,7 +356,12 @@ pub async fn info(
         (0, 0)
     } else {
         let (p, volume) = proxy_of(&state, &e).await?;
-        p.folder_usage(&volume, e.id).await.map_err(proxy_err)?
+        let u = p
+            .client()
+            .folder_usage(&volume, e.id)
+            .await
+            .map_err(proxy_err)?;
+        (u.file_count, u.used_bytes)
     };
     let created = vf::py_datetime(e.created_at);
     // `user`/`group` are Python's str() of nullable UUIDs: "None" when absent.
@@ -515,7 +523,8 @@ pub async fn mkdir(
 ) -> ApiResult<Response> {
     let e = require(&state, &caller(&user), &name, Perm::Rw).await?;
     let (px, volume) = proxy_of(&state, &e).await?;
-    px.mkdir(&volume, e.id, &p.path, p.parents, p.exist_ok)
+    px.client()
+        .mkdir(&volume, e.id, &p.path, p.parents, p.exist_ok)
         .await
         .map_err(proxy_err)?;
     Ok(created_empty())
@@ -528,14 +537,9 @@ pub struct FilesParams {
     path: Option<String>,
 }
 
-fn epoch(iso: &str) -> f64 {
-    chrono::DateTime::parse_from_rfc3339(iso)
-        .map(|t| t.timestamp_micros() as f64 / 1e6)
-        .or_else(|_| {
-            chrono::NaiveDateTime::parse_from_str(iso, "%Y-%m-%dT%H:%M:%S%.f")
-                .map(|t| t.and_utc().timestamp_micros() as f64 / 1e6)
-        })
-        .unwrap_or(0.0)
+/// Seconds since the epoch, as Python's `stat().st_mtime` (the legacy listing's unit).
+fn epoch(t: &chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
 }
 
 /// `GET /folders/{name}/files` (perm-ro) → `{"items", "files"}` (`files` is the legacy JSON
@@ -549,7 +553,11 @@ pub async fn files(
     let e = require(&state, &caller(&user), &name, Perm::Ro).await?;
     let (px, volume) = proxy_of(&state, &e).await?;
     let path = p.path.unwrap_or_default();
-    let entries = px.list(&volume, e.id, &path).await.map_err(proxy_err)?;
+    let entries = px
+        .client()
+        .list_files(&volume, e.id, &path)
+        .await
+        .map_err(proxy_err)?;
     let items: Vec<Value> = entries
         .iter()
         .map(|i| {
@@ -571,7 +579,7 @@ pub async fn files(
             json!({
                 "filename": i.name,
                 "size": i.stat.size,
-                "mode": vf::filemode(i.stat.mode, &i.kind),
+                "mode": vf::filemode(i.stat.mode, i.kind.as_str()),
                 "ctime": epoch(&i.stat.created),
                 "atime": 0,
                 "mtime": epoch(&i.stat.modified),
@@ -603,7 +611,8 @@ pub async fn rename_file(
 ) -> ApiResult<Json<Value>> {
     let e = require(&state, &caller(&user), &name, Perm::Rw).await?;
     let (px, volume) = proxy_of(&state, &e).await?;
-    px.rename_file(&volume, e.id, &p.target_path, &p.new_name, p.is_dir)
+    px.client()
+        .rename_file(&volume, e.id, &p.target_path, &p.new_name, p.is_dir)
         .await
         .map_err(proxy_err)?;
     Ok(Json(json!({})))
@@ -626,7 +635,8 @@ pub async fn delete_files(
 ) -> ApiResult<Json<Value>> {
     let e = require(&state, &caller(&user), &name, Perm::Rw).await?;
     let (px, volume) = proxy_of(&state, &e).await?;
-    px.delete_files(&volume, e.id, &p.files, p.recursive)
+    px.client()
+        .delete_files(&volume, e.id, &p.files, p.recursive)
         .await
         .map_err(proxy_err)?;
     Ok(Json(json!({})))
@@ -648,14 +658,16 @@ pub async fn request_upload(
     Params(p): Params<UploadParams>,
 ) -> ApiResult<Json<Value>> {
     let e = require(&state, &caller(&user), &name, Perm::Rw).await?;
+    // The proxy's body takes an unsigned size; it refused negative ones as a bad body.
+    let size = u64::try_from(p.size)
+        .map_err(|_| operation_failed().with_msg("size must not be negative"))?;
     let (px, volume) = proxy_of(&state, &e).await?;
     let token = px
-        .upload_token(&volume, e.id, &p.path, p.size)
+        .client()
+        .create_upload_token(&volume, e.id, &p.path, size)
         .await
         .map_err(proxy_err)?;
-    Ok(Json(
-        json!({ "token": token, "url": format!("{}/upload", px.client_api) }),
-    ))
+    Ok(Json(json!({ "token": token, "url": px.info.upload_url() })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -677,11 +689,12 @@ pub async fn request_download(
     let e = require(&state, &caller(&user), &name, Perm::Ro).await?;
     let (px, volume) = proxy_of(&state, &e).await?;
     let token = px
-        .download_token(&volume, e.id, &p.path, p.archive)
+        .client()
+        .create_download_token(&volume, e.id, &p.path, p.archive)
         .await
         .map_err(proxy_err)?;
     Ok(Json(
-        json!({ "token": token, "url": format!("{}/download", px.client_api) }),
+        json!({ "token": token, "url": px.info.download_url() }),
     ))
 }
 

@@ -38,8 +38,9 @@ pub async fn clone(
     let (proxy, volume) = crate::handlers::vfolder::proxies(&etcd)
         .for_host(host)
         .await?;
-    let (total, _) = proxy.folder_usage(&volume, src).await?;
-    progress.set_total(total.max(0) as f64);
+    let proxy = proxy.client();
+    let total = proxy.folder_usage(&volume, src).await?.file_count;
+    progress.set_total(total as f64);
     progress.update(0.0, Some("copying".into())).await;
     let copy = proxy.clone_folder(&volume, src, dst);
     tokio::pin!(copy);
@@ -51,7 +52,7 @@ pub async fn clone(
                     // A re-run after a finished copy (worker crash before the outcome was
                     // recorded) finds the target complete: that is success.
                     match proxy.folder_usage(&volume, dst).await {
-                        Ok((n, _)) if n == total => {}
+                        Ok(u) if u.file_count == total => {}
                         _ => return Err(e.into()),
                     }
                 }
@@ -59,7 +60,7 @@ pub async fn clone(
             }
             _ = ticker.tick() => {
                 // The target may not exist yet at the first ticks.
-                if let Ok((n, _)) = proxy.folder_usage(&volume, dst).await {
+                if let Ok(n) = proxy.folder_usage(&volume, dst).await.map(|u| u.file_count) {
                     let delta = (n as f64).min(progress.total()) - progress.current();
                     if delta > 0.0 {
                         progress.update(delta, Some(format!("{n} of {total} files"))).await;

@@ -10,8 +10,8 @@ use crate::idempotency::run_once;
 
 pub mod admin;
 pub mod manager;
-pub mod vfolder;
 pub mod rest;
+pub mod vfolder;
 use crate::runtime::{HandlerError, WorkerContext};
 
 /// Routes a command to its handler.

@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use bai_core::storage_proxy::{split_host, ProxyError, StorageProxies};
 use bai_core::vfolder::{self as vf, Caller, Perm};
 use bai_events::{Command, CommandReply, Envelope, VfolderCommand, VfolderOp};
+use bai_storage::client::{parse_host, StorageError};
+use bai_storage::registry::StorageProxies;
 
 use crate::agents::derived_id;
 use crate::idempotency::run_once;
@@ -129,7 +130,7 @@ pub async fn handle(
             if let (Some(id), false) = (id, host.is_empty()) {
                 match store.for_host(&host).await {
                     Ok((p, volume)) => {
-                        if let Err(e) = p.delete_folder(&volume, id).await {
+                        if let Err(e) = p.client().delete_folder(&volume, id).await {
                             tracing::warn!(%id, error = %e, "could not delete folder data");
                         }
                     }
@@ -150,8 +151,11 @@ async fn create_on_proxy(
     host: &str,
     vfid: Uuid,
     quota: Option<i64>,
-) -> Result<(), ProxyError> {
+) -> Result<(), StorageError> {
     let (p, volume) = store.for_host(host).await?;
+    let p = p.client();
+    // The API keeps only positive quotas (`0` means none), so nothing is dropped here.
+    let quota = quota.and_then(|q| u64::try_from(q).ok());
     match p.create_folder(&volume, vfid, quota).await {
         Ok(()) => Ok(()),
         Err(e) => match p.folder_usage(&volume, vfid).await {
@@ -443,8 +447,8 @@ async fn apply(
                 ));
             }
             let same_proxy = matches!(
-                (split_host(&src.host), split_host(target_host)),
-                (Some((a, _)), Some((b, _))) if a == b
+                (parse_host(&src.host), parse_host(target_host)),
+                (Ok((a, _)), Ok((b, _))) if a == b
             );
             if !same_proxy {
                 return Ok(invalid(
@@ -452,7 +456,8 @@ async fn apply(
                 ));
             }
             // The proxy's clone copies within one volume (storage contract).
-            if split_host(&src.host).map(|h| h.1) != split_host(target_host).map(|h| h.1) {
+            if parse_host(&src.host).ok().map(|h| h.1) != parse_host(target_host).ok().map(|h| h.1)
+            {
                 return Ok(invalid(
                     "Cloning to another volume is not supported: use the source's volume.",
                 ));
@@ -864,7 +869,8 @@ pub async fn resolve_mounts(
                 .for_host(&host)
                 .await
                 .map_err(|e| HandlerError::Transient(e.into()))?;
-            p.mount_path(&volume, vfid)
+            p.client()
+                .mount_path(&volume, vfid)
                 .await
                 .map_err(|e| HandlerError::Transient(e.into()))?
         };
