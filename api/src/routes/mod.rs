@@ -9,5 +9,6 @@ pub mod resource;
 pub mod root;
 pub mod scaling_groups;
 pub mod session;
+pub mod session_extra;
 pub mod stream;
 pub mod usage;

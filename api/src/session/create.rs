@@ -716,6 +716,7 @@ pub async fn plan(
         cluster_idx: 1,
         cluster_hostname: "main1".into(),
         occupied_slots: slots_json.clone(),
+        ..Default::default()
     }];
     for i in 1..p.cluster_size {
         kernels.push(KernelSpec {
@@ -724,6 +725,7 @@ pub async fn plan(
             cluster_idx: i as i32,
             cluster_hostname: format!("sub{i}"),
             occupied_slots: slots_json.clone(),
+            ..Default::default()
         });
     }
     Ok(Plan::Create(Box::new(SessionSpec {
