@@ -257,7 +257,8 @@ pub async fn destroy(
                         _ => {
                             sqlx::query(
                                 "UPDATE kernels SET status = 'TERMINATING', status_info = $2, status_changed = now(), \
-                                 status_data = '{\"kernel\": {\"exit_code\": null}, \"session\": {\"status\": \"terminating\"}}'::jsonb \
+                                 status_data = COALESCE(status_data, '{}'::jsonb) || \
+                                 '{\"kernel\": {\"exit_code\": null}, \"session\": {\"status\": \"terminating\"}}'::jsonb \
                                  WHERE id = $1",
                             )
                             .bind(id)
