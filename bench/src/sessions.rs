@@ -371,9 +371,16 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let bus_opts = BusOptions::default();
-    let api_bus = Bus::connect(&cfg.nats, "bench-api", bus_opts.clone(), Duration::from_secs(10)).await?;
+    let api_bus = Bus::connect(
+        &cfg.nats,
+        "bench-api",
+        bus_opts.clone(),
+        Duration::from_secs(10),
+    )
+    .await?;
     api_bus.ensure_streams().await?;
-    let worker_bus = Bus::connect(&cfg.nats, "bench-worker", bus_opts, Duration::from_secs(10)).await?;
+    let worker_bus =
+        Bus::connect(&cfg.nats, "bench-worker", bus_opts, Duration::from_secs(10)).await?;
     let rpc = |name: &'static str| {
         let cfg = cfg.clone();
         async move {
@@ -428,11 +435,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
         .build()?;
     // Warm-up: connections, caches, prepared statements.
     let mut warm = closed_loop(signer.clone(), client.clone(), 8, 30, 200, "warm-", true).await;
-    anyhow::ensure!(
-        warm.ok > 0,
-        "warm-up failed: {:?}",
-        warm.first_error.take()
-    );
+    anyhow::ensure!(warm.ok > 0, "warm-up failed: {:?}", warm.first_error.take());
 
     println!("| phase | ok | errors | seconds | sessions/s | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -492,7 +495,10 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
             .await?
             .is_none_or(|c| c.1 == 0)
         {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "ingest did not start");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "ingest did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = conn.close(200, "bye").await;
@@ -516,7 +522,10 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
             if alive >= args.agents as i64 {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "agents did not register");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "agents did not register"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::spawn(bai_workers::run_trigger_loop(
@@ -602,7 +611,9 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
         f.stop().await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Ok(conn) = amqp::connect(&cfg.rabbitmq.url, "bench-cleanup", Duration::from_secs(10)).await {
+    if let Ok(conn) =
+        amqp::connect(&cfg.rabbitmq.url, "bench-cleanup", Duration::from_secs(10)).await
+    {
         let _ = amqp::delete_topology(&conn, &names, &agent_ids).await;
         let _ = conn.close(200, "bye").await;
     }

@@ -31,8 +31,7 @@ async fn full_app() -> TestApp {
 fn agent_config(app: &TestApp, id: &str) -> AgentConfig {
     let rabbit = app.rabbit.as_ref().expect("app with agents");
     rabbit.track_agent(id);
-    let root =
-        std::env::temp_dir().join(format!("bai-sessions-extra-{}", Uuid::new_v4().simple()));
+    let root = std::env::temp_dir().join(format!("bai-sessions-extra-{}", Uuid::new_v4().simple()));
     let mut cfg = AgentConfig::new(id, &rabbit.url, &rabbit.prefix, root);
     cfg.heartbeat_interval = Duration::from_millis(300);
     cfg.destroy_grace = Duration::from_secs(3);
@@ -102,7 +101,11 @@ fn create_body(name: &str, extra: Value) -> Value {
 
 async fn create_running(app: &TestApp, c: &SignedClient, name: &str) -> Uuid {
     let (status, body) = c
-        .json(Method::POST, "/session", Some(&create_body(name, json!({}))))
+        .json(
+            Method::POST,
+            "/session",
+            Some(&create_body(name, json!({}))),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -114,11 +117,13 @@ async fn create_running(app: &TestApp, c: &SignedClient, name: &str) -> Uuid {
 }
 
 async fn statuses(app: &TestApp, sid: Uuid) -> Vec<String> {
-    sqlx::query_scalar("SELECT status::text FROM kernels WHERE session_id = $1 ORDER BY cluster_idx")
-        .bind(sid)
-        .fetch_all(app.db.db.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT status::text FROM kernels WHERE session_id = $1 ORDER BY cluster_idx",
+    )
+    .bind(sid)
+    .fetch_all(app.db.db.pool())
+    .await
+    .unwrap()
 }
 
 async fn wait_status(app: &TestApp, sid: Uuid, status: &str) {
@@ -315,10 +320,7 @@ async fn execute_calls_count_in_num_queries_without_db_writes() {
     assert_eq!(column.unwrap_or(0), 0, "no database write per execute");
     // ...and visible to readers.
     assert_eq!(gql_num_queries(&c, sid).await, calls);
-    let (status, info) = c
-        .json(Method::GET, "/session/counted", None)
-        .await
-        .unwrap();
+    let (status, info) = c.json(Method::GET, "/session/counted", None).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{info}");
     assert_eq!(info["numQueriesExecuted"], calls);
 
@@ -612,8 +614,10 @@ async fn create_cluster_from_cluster_and_task_templates() {
         .json(
             Method::POST,
             "/session/_/create-cluster",
-            Some(&json!({"clientSessionToken": "cluster-tpl", "templateId": cluster.to_string(),
-                         "enqueueOnly": true})),
+            Some(
+                &json!({"clientSessionToken": "cluster-tpl", "templateId": cluster.to_string(),
+                         "enqueueOnly": true}),
+            ),
         )
         .await
         .unwrap();
@@ -638,8 +642,10 @@ async fn create_cluster_from_cluster_and_task_templates() {
             .json(
                 Method::POST,
                 "/session/_/create-cluster",
-                Some(&json!({"clientSessionToken": "cluster-x", "template_id": id.to_string(),
-                             "enqueueOnly": true})),
+                Some(
+                    &json!({"clientSessionToken": "cluster-x", "template_id": id.to_string(),
+                             "enqueueOnly": true}),
+                ),
             )
             .await
             .unwrap();
@@ -675,7 +681,10 @@ async fn create_cluster_from_cluster_and_task_templates() {
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_status(&app, sid, "TERMINATED").await;
-    assert_eq!(count_terminated(&mut sub, sid, Duration::from_secs(2)).await, 1);
+    assert_eq!(
+        count_terminated(&mut sub, sid, Duration::from_secs(2)).await,
+        1
+    );
     assert_occupancy_invariant(&app).await;
     fleet.stop().await;
 }

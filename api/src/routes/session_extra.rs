@@ -65,14 +65,7 @@ pub async fn create_cluster(
     }
     let owner = owner_of(&state, &user, &uri).await?;
     let requester_is_owner = owner.access_key == user.access_key;
-    let spec = plan_cluster(
-        &state,
-        requester_is_owner,
-        user.is_superadmin(),
-        &owner,
-        &p,
-    )
-    .await?;
+    let spec = plan_cluster(&state, requester_is_owner, user.is_superadmin(), &owner, &p).await?;
     let kernel_id = spec.session_id;
     let (status, ports) = enqueue_and_wait(
         &state,

@@ -239,12 +239,7 @@ pub fn check_cluster_template(t: &ClusterTemplate) -> Result<Vec<(String, Uuid, 
 
 /// A stored template the owner may use: active, of the given type, and the owner's own or
 /// one of their groups' (superadmins: any). The original did not check ownership at all.
-async fn load_template(
-    state: &AppState,
-    owner: &Owner,
-    id: Uuid,
-    kind: &str,
-) -> ApiResult<Value> {
+async fn load_template(state: &AppState, owner: &Owner, id: Uuid, kind: &str) -> ApiResult<Value> {
     let mut txn = state.db.begin_readonly().await?;
     let row: Option<Value> = sqlx::query_scalar(
         "SELECT t.template FROM session_templates t WHERE t.id = $1 AND t.is_active \
@@ -410,8 +405,7 @@ mod tests {
     #[test]
     fn cluster_template_rules() {
         let t = |nodes: Value| -> ClusterTemplate {
-            serde_json::from_value(json!({"mode": "multi-node", "spec": {"nodes": nodes}}))
-                .unwrap()
+            serde_json::from_value(json!({"mode": "multi-node", "spec": {"nodes": nodes}})).unwrap()
         };
         let id = Uuid::new_v4().to_string();
         let ok = check_cluster_template(&t(json!([
@@ -421,8 +415,10 @@ mod tests {
         .unwrap();
         assert_eq!(ok[0].0, "main", "main first");
         assert_eq!(ok[1].2, 2);
-        assert!(check_cluster_template(&t(json!([{"role": "worker", "session_template": id}])))
-            .is_err());
+        assert!(
+            check_cluster_template(&t(json!([{"role": "worker", "session_template": id}])))
+                .is_err()
+        );
         assert!(check_cluster_template(&t(json!([
             {"role": "main", "session_template": id, "replicas": 2}
         ])))

@@ -345,10 +345,7 @@ pub async fn destroy(
         let calls = plan.rpc.iter().map(|(kid, agent)| {
             let rpc = rpc.clone();
             async move {
-                if let Err(e) = rpc
-                    .destroy_kernel(agent, *kid, Some(reason), false)
-                    .await
-                {
+                if let Err(e) = rpc.destroy_kernel(agent, *kid, Some(reason), false).await {
                     tracing::warn!(error = %e, kernel = %kid, agent, "destroy_kernel failed");
                 }
             }
