@@ -439,171 +439,180 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
 
     println!("| phase | ok | errors | seconds | sessions/s | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|");
-    if args.phases.contains('a') {
-        let mut sat = closed_loop(
-            signer.clone(),
-            client.clone(),
-            args.connections,
-            args.seconds,
-            usize::MAX,
-            "sat-",
-            true,
-        )
-        .await;
-        println!(
-            "{}",
-            sat.row(&format!(
-                "A enqueue, saturated ({} connections)",
-                args.connections
-            ))
-        );
-        let mut fixed = open_loop(
-            signer.clone(),
-            client.clone(),
-            args.rate,
-            args.seconds,
-            "fix-",
-            true,
-            "PENDING",
-        )
-        .await;
-        println!(
-            "{}",
-            fixed.row(&format!("A enqueue, fixed {} req/s", args.rate))
-        );
-    }
-    // Phase A's sessions would otherwise all be scheduled now.
-    sqlx::query(
-        "UPDATE kernels SET status = 'CANCELLED', status_changed = now(), terminated_at = now() \
-         WHERE status = 'PENDING'",
-    )
-    .execute(db.pool())
-    .await?;
-
     let mut fleet = None;
     let names = Names::new(&prefix);
     let mut agent_ids = Vec::new();
-    if args.phases.contains('b') || args.phases.contains('c') {
-        let mut opts = AgentIngestOptions::from_config(&cfg);
-        opts.prefix = prefix.clone();
-        opts.redis_prefix = format!("{prefix}:");
-        let rt = AgentsRuntime::new(ctx.clone(), opts)?;
-        tokio::spawn(bai_workers::agents::run(rt, stop.clone()));
-        let conn = amqp::connect(&cfg.rabbitmq.url, "bench", Duration::from_secs(10)).await?;
-        let t = Instant::now();
-        while amqp::queue_counts(&conn, &names.lifecycle_queue())
-            .await?
-            .is_none_or(|c| c.1 == 0)
-        {
-            anyhow::ensure!(
-                t.elapsed() < Duration::from_secs(30),
-                "ingest did not start"
+    // The phases run in a block so that everything is cleaned up even when one fails.
+    let outcome: anyhow::Result<()> = async {
+        if args.phases.contains('a') {
+            let mut sat = closed_loop(
+                signer.clone(),
+                client.clone(),
+                args.connections,
+                args.seconds,
+                usize::MAX,
+                "sat-",
+                true,
+            )
+            .await;
+            println!(
+                "{}",
+                sat.row(&format!(
+                    "A enqueue, saturated ({} connections)",
+                    args.connections
+                ))
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = conn.close(200, "bye").await;
-        let mut sim = SimConfig::new(args.agents, &cfg.rabbitmq.url, &prefix);
-        sim.id_prefix = format!("i-bsess-{}-", &tag[..6]);
-        sim.start_delay = Duration::ZERO;
-        sim.slots = [
-            ("cpu".to_string(), "1024".to_string()),
-            ("mem".to_string(), (1u64 << 42).to_string()),
-        ]
-        .into();
-        let f = SimFleet::start(sim).await?;
-        agent_ids = f.agent_ids();
-        fleet = Some(f);
-        let t = Instant::now();
-        loop {
-            let alive: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM agents WHERE status = 'ALIVE'")
-                    .fetch_one(db.pool())
-                    .await?;
-            if alive >= args.agents as i64 {
-                break;
-            }
-            anyhow::ensure!(
-                t.elapsed() < Duration::from_secs(60),
-                "agents did not register"
+            let mut fixed = open_loop(
+                signer.clone(),
+                client.clone(),
+                args.rate,
+                args.seconds,
+                "fix-",
+                true,
+                "PENDING",
+            )
+            .await;
+            println!(
+                "{}",
+                fixed.row(&format!("A enqueue, fixed {} req/s", args.rate))
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::spawn(bai_workers::run_trigger_loop(
-            worker_bus.clone(),
-            Arc::new(bai_workers::sessions::SessionScheduler::new(ctx.clone())),
-            4,
-            metrics.clone(),
-            stop.clone(),
-        ));
-        tokio::spawn(bai_workers::run_tick_loop(
-            worker_bus.clone(),
-            Duration::from_secs(args.tick_seconds.max(1)),
-            || Box::pin(async { Ok(vec!["default".to_string()]) }),
-            stop.clone(),
-        ));
-        // Warm the start path once.
-        create_one(&client, &signer, "warm-start", false).await?;
-    }
-    if args.phases.contains('b') {
-        let mut o = open_loop(
-            signer.clone(),
-            client.clone(),
-            args.start_rate,
-            args.seconds,
-            "run-",
-            false,
-            "RUNNING",
+        // Phase A's sessions would otherwise all be scheduled now.
+        sqlx::query(
+            "UPDATE kernels SET status = 'CANCELLED', status_changed = now(), terminated_at = now() \
+             WHERE status = 'PENDING'",
         )
-        .await;
-        println!(
-            "{}",
-            o.row(&format!(
-                "B create → RUNNING, fixed {} sessions/s ({} simulated agents)",
-                args.start_rate, args.agents
-            ))
-        );
-    }
-    if args.phases.contains('c') {
-        // Let earlier passes drain so the count covers the burst only.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let passes0 = metrics.passes.load(Ordering::Relaxed);
-        let triggers0 = metrics.triggers.load(Ordering::Relaxed);
-        let t = Instant::now();
-        let mut o = closed_loop(
-            signer.clone(),
-            client.clone(),
-            args.connections,
-            3600,
-            args.burst,
-            "burst-",
-            true,
-        )
-        .await;
-        let enqueued_s = t.elapsed().as_secs_f64();
-        let passes_enq = metrics.passes.load(Ordering::Relaxed) - passes0;
-        loop {
-            let running = count_status(&db, "burst-%", "RUNNING").await?;
-            if running >= o.ok as i64 {
-                break;
+        .execute(db.pool())
+        .await?;
+
+        if args.phases.contains('b') || args.phases.contains('c') {
+            let mut opts = AgentIngestOptions::from_config(&cfg);
+            opts.prefix = prefix.clone();
+            opts.redis_prefix = format!("{prefix}:");
+            let rt = AgentsRuntime::new(ctx.clone(), opts)?;
+            tokio::spawn(bai_workers::agents::run(rt, stop.clone()));
+            let conn = amqp::connect(&cfg.rabbitmq.url, "bench", Duration::from_secs(10)).await?;
+            let t = Instant::now();
+            while amqp::queue_counts(&conn, &names.lifecycle_queue())
+                .await?
+                .is_none_or(|c| c.1 == 0)
+            {
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "ingest did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if t.elapsed() > Duration::from_secs(300) {
-                eprintln!("burst: only {running} of {} RUNNING after 300 s", o.ok);
-                break;
+            let _ = conn.close(200, "bye").await;
+            let mut sim = SimConfig::new(args.agents, &cfg.rabbitmq.url, &prefix);
+            sim.id_prefix = format!("i-bsess-{}-", &tag[..6]);
+            sim.start_delay = Duration::ZERO;
+            sim.slots = [
+                ("cpu".to_string(), "1024".to_string()),
+                ("mem".to_string(), (1u64 << 42).to_string()),
+            ]
+            .into();
+            let f = SimFleet::start(sim).await?;
+            agent_ids = f.agent_ids();
+            fleet = Some(f);
+            let t = Instant::now();
+            loop {
+                let alive: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM agents WHERE status = 'ALIVE'")
+                        .fetch_one(db.pool())
+                        .await?;
+                if alive >= args.agents as i64 {
+                    break;
+                }
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "agents did not register"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::spawn(bai_workers::run_trigger_loop(
+                worker_bus.clone(),
+                Arc::new(bai_workers::sessions::SessionScheduler::new(ctx.clone())),
+                4,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            tokio::spawn(bai_workers::run_tick_loop(
+                worker_bus.clone(),
+                Duration::from_secs(args.tick_seconds.max(1)),
+                || Box::pin(async { Ok(vec!["default".to_string()]) }),
+                stop.clone(),
+            ));
+            // Warm the start path once.
+            create_one(&client, &signer, "warm-start", false).await?;
         }
-        let all_s = t.elapsed().as_secs_f64();
-        let passes = metrics.passes.load(Ordering::Relaxed) - passes0;
-        let triggers = metrics.triggers.load(Ordering::Relaxed) - triggers0;
-        println!("{}", o.row(&format!("C burst of {} enqueues", args.burst)));
-        println!();
-        println!("| burst enqueues | enqueued in s | all RUNNING after s | scheduling passes | passes while enqueueing | triggers consumed |");
-        println!("|---|---|---|---|---|---|");
-        println!(
-            "| {} | {enqueued_s:.2} | {all_s:.2} | {passes} | {passes_enq} | {triggers} |",
-            o.ok
-        );
+        if args.phases.contains('b') {
+            let mut o = open_loop(
+                signer.clone(),
+                client.clone(),
+                args.start_rate,
+                args.seconds,
+                "run-",
+                false,
+                "RUNNING",
+            )
+            .await;
+            println!(
+                "{}",
+                o.row(&format!(
+                    "B create → RUNNING, fixed {} sessions/s ({} simulated agents)",
+                    args.start_rate, args.agents
+                ))
+            );
+        }
+        if args.phases.contains('c') {
+            // Let earlier passes drain so the count covers the burst only.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let passes0 = metrics.passes.load(Ordering::Relaxed);
+            let triggers0 = metrics.triggers.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let mut o = closed_loop(
+                signer.clone(),
+                client.clone(),
+                args.connections,
+                3600,
+                args.burst,
+                "burst-",
+                true,
+            )
+            .await;
+            let enqueued_s = t.elapsed().as_secs_f64();
+            let passes_enq = metrics.passes.load(Ordering::Relaxed) - passes0;
+            loop {
+                // A polling read may lose a serialization race with the workers; retry.
+                let Ok(running) = count_status(&db, "burst-%", "RUNNING").await else {
+                    continue;
+                };
+                if running >= o.ok as i64 {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(300) {
+                    eprintln!("burst: only {running} of {} RUNNING after 300 s", o.ok);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let all_s = t.elapsed().as_secs_f64();
+            let passes = metrics.passes.load(Ordering::Relaxed) - passes0;
+            let triggers = metrics.triggers.load(Ordering::Relaxed) - triggers0;
+            println!("{}", o.row(&format!("C burst of {} enqueues", args.burst)));
+            println!();
+            println!("| burst enqueues | enqueued in s | all RUNNING after s | scheduling passes | passes while enqueueing | triggers consumed |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {} | {enqueued_s:.2} | {all_s:.2} | {passes} | {passes_enq} | {triggers} |",
+                o.ok
+            );
+        }
+
+        Ok::<(), anyhow::Error>(())
     }
+    .await;
 
     // Clean up everything this run created.
     stop.cancel();
@@ -630,5 +639,5 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
     let _ = etcd.delete("", true).await;
     api_bus.delete_streams().await?;
     drop_db(&cfg, db, &db_name).await;
-    Ok(())
+    outcome
 }

@@ -12,6 +12,7 @@
 //! [`SessionSpec`]: bai_events::session::SessionSpec
 
 pub mod access;
+pub mod cache;
 pub mod cluster;
 pub mod create;
 pub mod kernel;
