@@ -356,6 +356,9 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
     cfg.db.name = db_name.clone();
     let etcd = Etcd::connect(&cfg.etcd, Duration::from_secs(10)).await?;
     let db = fresh_db(&cfg, &db_name, &etcd).await?;
+    // The API and the worker are separate processes in production, each with its own pool
+    // of `db.max-connections`; sharing one pool here would halve both.
+    let api_db = Db::connect(&cfg.db, Duration::from_secs(10)).await?;
     let redis_pool = bai_core::redis::connect(&cfg.redis, Duration::from_secs(10)).await?;
     let (ak, sk) = bai_core::keypair::generate_keypair();
     sqlx::query(
@@ -397,7 +400,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
     };
     let state = bai_api::AppState::new(
         cfg.clone(),
-        db.clone(),
+        api_db.clone(),
         redis_pool.clone(),
         etcd.clone(),
         api_bus.clone(),
@@ -638,6 +641,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
     }
     let _ = etcd.delete("", true).await;
     api_bus.delete_streams().await?;
+    api_db.pool().close().await;
     drop_db(&cfg, db, &db_name).await;
     outcome
 }
