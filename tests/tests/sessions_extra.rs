@@ -48,7 +48,7 @@ async fn wait_agents_alive(app: &TestApp, ids: &[String]) {
         .bind(ids)
         .fetch_one(app.db.db.pool())
         .await
-        .unwrap();
+        .ok()?; // a polling read may lose a serialization race with the ingest: "not yet"
         (n as usize == ids.len()).then_some(())
     })
     .await;
@@ -123,7 +123,7 @@ async fn statuses(app: &TestApp, sid: Uuid) -> Vec<String> {
     .bind(sid)
     .fetch_all(app.db.db.pool())
     .await
-    .unwrap()
+    .unwrap_or_default() // lost a serialization race: polled again
 }
 
 async fn wait_status(app: &TestApp, sid: Uuid, status: &str) {
