@@ -624,6 +624,25 @@ impl AgentRpcClient {
         .map(|_| ())
     }
 
+    /// Stops the service app `service` of a kernel.
+    pub async fn shutdown_service(
+        &self,
+        agent_id: &str,
+        kernel_id: Uuid,
+        service: &str,
+    ) -> Result<(), RpcError> {
+        self.call(
+            agent_id,
+            RpcCall::ShutdownService {
+                kernel_id,
+                service: service.to_string(),
+            },
+            self.inner.opts.timeouts.interrupt_kernel,
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn get_completions(
         &self,
         agent_id: &str,

@@ -329,6 +329,12 @@ pub enum RpcCall {
     ResetAgent {
         reason: String,
     },
+    /// Stops an in-container service app (`POST /session/{id}/shutdown-service`); a
+    /// service that is not running is not an error (as the original's kernel runner).
+    ShutdownService {
+        kernel_id: Uuid,
+        service: String,
+    },
 }
 
 impl RpcCall {
@@ -346,6 +352,7 @@ impl RpcCall {
             RpcCall::DownloadFile { .. } => "download_file",
             RpcCall::ListFiles { .. } => "list_files",
             RpcCall::ResetAgent { .. } => "reset_agent",
+            RpcCall::ShutdownService { .. } => "shutdown_service",
         }
     }
 }

@@ -372,6 +372,12 @@ impl Agent {
             RpcCall::ResetAgent { reason } => {
                 Ok(json!({"destroyed": self.destroy_all(&reason).await}))
             }
+            // Process kernels run no service apps (their service ports are empty), so
+            // there is never one to stop; the kernel must exist, as with every call.
+            RpcCall::ShutdownService { kernel_id, .. } => {
+                self.kernel(kernel_id)?;
+                Ok(json!({}))
+            }
         }
     }
 

@@ -195,7 +195,9 @@ impl SimAgent {
                 };
                 serde_json::to_value(result).map_err(|e| RemoteError::internal(e.to_string()))
             }
-            RpcCall::InterruptKernel { .. } | RpcCall::UploadFile { .. } => Ok(json!({})),
+            RpcCall::InterruptKernel { .. }
+            | RpcCall::UploadFile { .. }
+            | RpcCall::ShutdownService { .. } => Ok(json!({})),
             RpcCall::GetCompletions { .. } => Ok(json!({"status": "finished", "completions": []})),
             RpcCall::GetLogs { .. } => Ok(json!({"logs": ""})),
             // An empty tar archive is two zero blocks.

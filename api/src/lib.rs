@@ -232,10 +232,24 @@ fn rest_routes() -> Router<AppState> {
 /// `/session` (literal `/session/_/...` paths win over `{name}`) and `/stream/session`.
 fn session_routes() -> Router<AppState> {
     use axum::extract::DefaultBodyLimit;
-    use routes::{session, stream};
+    use routes::{session, session_extra, stream};
     Router::new()
         .route("/session", post(session::create))
         .route("/session/_/create", post(session::create))
+        .route(
+            "/session/_/create-cluster",
+            post(session_extra::create_cluster),
+        )
+        .route("/session/_/match", get(session_extra::match_prefix))
+        .route(
+            "/session/{name}/shutdown-service",
+            post(session_extra::shutdown_service),
+        )
+        .route(
+            "/session/{name}/download_single",
+            get(session_extra::download_single),
+        )
+        .route("/stream/session/{name}/apps", get(session_extra::apps))
         .route(
             "/session/{name}",
             get(session::info)

@@ -4,6 +4,7 @@ mod agents;
 mod bus;
 mod graphql;
 mod sched;
+mod sessions;
 mod sse;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Cmd {
     /// Scheduling throughput: N PENDING sessions onto M agents, 1 and 2 concurrent groups.
     Sched(sched::SchedArgs),
+    /// Sessions: enqueue throughput/latency, create → RUNNING latency, passes per burst.
+    Sessions(sessions::SessionsArgs),
     /// Command bus round trips (1 and 2 workers) and trigger coalescing.
     Bus(bus::BusArgs),
     /// Signed GraphQL throughput (16 connections) and p99 at a fixed request rate.
@@ -38,6 +41,7 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Sched(args) => sched::run(args).await,
+        Cmd::Sessions(args) => sessions::run(args).await,
         Cmd::Bus(args) => bus::run(args).await,
         Cmd::Graphql(args) => graphql::run(args).await,
         Cmd::Agents(args) => agents::run_agents(args).await,

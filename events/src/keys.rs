@@ -14,6 +14,18 @@ pub fn last_access_key(session_id: Uuid) -> String {
     format!("session.{session_id}.last_access")
 }
 
+/// `kernel.{kernel_id}.num_queries`: the number of execute calls made on a kernel
+/// (`kernels.num_queries`), an absolute count `INCR`ed by the API on every execute (REST
+/// or WebSocket) instead of a database write per request. Readers take it over the column
+/// while the key exists; the workers copy it into the column (`GREATEST`, so a lost key
+/// never lowers it) when the kernel terminates.
+pub fn kernel_num_queries_key(kernel_id: Uuid) -> String {
+    format!("kernel.{kernel_id}.num_queries")
+}
+
+/// Expiry of [`kernel_num_queries_key`], refreshed on every increment.
+pub const KERNEL_NUM_QUERIES_TTL_SECS: u64 = 30 * 24 * 3600;
+
 /// `bgtask.{task_id}`: the status hash of a background task (see [`crate::bgtask`]).
 pub fn bgtask_key(task_id: Uuid) -> String {
     format!("bgtask.{task_id}")
@@ -27,6 +39,10 @@ mod tests {
         assert_eq!(
             super::last_access_key(id),
             "session.00000000-0000-0000-0000-000000000000.last_access"
+        );
+        assert_eq!(
+            super::kernel_num_queries_key(id),
+            "kernel.00000000-0000-0000-0000-000000000000.num_queries"
         );
         assert_eq!(
             super::bgtask_key(id),

@@ -42,7 +42,7 @@ pub struct SessionSpec {
     pub kernels: Vec<KernelSpec>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct KernelSpec {
     pub id: Uuid,
     pub cluster_role: String,
@@ -50,4 +50,16 @@ pub struct KernelSpec {
     pub cluster_hostname: String,
     /// Requested slots (ResourceSlot JSON of decimal strings).
     pub occupied_slots: Value,
+    /// Per-kernel values of a cluster-template session, whose nodes come from different
+    /// task templates; `None` = the session's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environ: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_command: Option<String>,
 }

@@ -108,8 +108,10 @@ pub struct StatSyncOptions {
     pub redis_prefix: String,
 }
 
-/// Copies `{prefix}{kernel_id}` (the live statistics) into `kernels.last_stat`. Returns
-/// whether there was anything to copy. Idempotent.
+/// Copies `{prefix}{kernel_id}` (the live statistics) into `kernels.last_stat`, and the
+/// kernel's execute count (`kernel.{id}.num_queries`, counted by the API) into
+/// `kernels.num_queries` (never lowering it). Returns whether there was anything to copy.
+/// Idempotent.
 pub async fn sync_last_stat(
     ctx: &WorkerContext,
     keys: &RedisKeys,
@@ -119,28 +121,51 @@ pub async fn sync_last_stat(
         .redis
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no Redis pool"))?;
-    let raw: Option<Vec<u8>> = {
+    let (raw, queries): (Option<Vec<u8>>, Option<i64>) = {
         let mut conn = redis.get().await?;
-        redis::cmd("GET")
+        redis::pipe()
+            .cmd("GET")
             .arg(keys.kernel_stat(kernel_id))
+            .cmd("GET")
+            .arg(bai_events::keys::kernel_num_queries_key(kernel_id))
             .query_async(&mut *conn)
             .await?
     };
-    let Some(raw) = raw else { return Ok(false) };
-    let Ok(stat) = serde_json::from_slice::<Value>(&raw) else {
-        tracing::warn!(%kernel_id, "unreadable live statistics; not copied");
-        return Ok(false);
+    let stat = match raw {
+        None => None,
+        Some(raw) => match serde_json::from_slice::<Value>(&raw) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(%kernel_id, "unreadable live statistics; not copied");
+                None
+            }
+        },
     };
+    if stat.is_none() && queries.is_none() {
+        return Ok(false);
+    }
     let stat = Arc::new(stat);
     ctx.db
         .transact(move |txn| {
             let stat = stat.clone();
             Box::pin(async move {
-                sqlx::query("UPDATE kernels SET last_stat = $2 WHERE id = $1")
+                if let Some(stat) = &*stat {
+                    sqlx::query("UPDATE kernels SET last_stat = $2 WHERE id = $1")
+                        .bind(kernel_id)
+                        .bind(stat)
+                        .execute(&mut **txn)
+                        .await?;
+                }
+                if let Some(n) = queries {
+                    sqlx::query(
+                        "UPDATE kernels SET num_queries = GREATEST(COALESCE(num_queries, 0), $2) \
+                         WHERE id = $1 AND COALESCE(num_queries, 0) < $2",
+                    )
                     .bind(kernel_id)
-                    .bind(&*stat)
+                    .bind(n)
                     .execute(&mut **txn)
                     .await?;
+                }
                 Ok(())
             })
         })

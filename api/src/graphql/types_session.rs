@@ -70,6 +70,15 @@ pub struct KernelRow {
     pub user_email: Option<String>,
 }
 
+/// `kernels.num_queries` of a row: the Redis count of a live kernel, else the column.
+async fn live_num_queries(ctx: &Context<'_>, row: &KernelRow) -> i64 {
+    let column = row.num_queries.unwrap_or(0);
+    if row.status == "CANCELLED" || row.status == "PENDING" {
+        return column;
+    }
+    crate::session::access::num_queries(&rc(ctx).state, row.id, row.num_queries).await
+}
+
 /// Runs a kernel query built from `KERNEL_COLS`/`KERNEL_FROM`.
 pub async fn fetch_kernels(rc: &ReqCtx, sql: &Sql) -> GqlResult<Vec<KernelRow>> {
     sql.query_as::<KernelRow>()
@@ -270,8 +279,10 @@ impl ComputeSession {
                 .map_err(db_err)?;
         Ok(Some(JsonString(sum_slots(all.iter().map(|(v,)| v)))))
     }
-    async fn num_queries(&self) -> Option<BigInt> {
-        Some(BigInt(self.row.num_queries.unwrap_or(0)))
+    /// The execute calls counted in Redis while the kernel lives (copied into the column
+    /// at termination).
+    async fn num_queries(&self, ctx: &Context<'_>) -> Option<BigInt> {
+        Some(BigInt(live_num_queries(ctx, &self.row).await))
     }
     async fn containers(&self, ctx: &Context<'_>) -> GqlResult<Option<Vec<ComputeContainer>>> {
         let mut sql = Sql::new(format!(
@@ -566,8 +577,10 @@ impl LegacyComputeSession {
                 .collect(),
         )
     }
-    async fn num_queries(&self) -> Option<BigInt> {
-        Some(BigInt(self.row.num_queries.unwrap_or(0)))
+    /// The execute calls counted in Redis while the kernel lives (copied into the column
+    /// at termination).
+    async fn num_queries(&self, ctx: &Context<'_>) -> Option<BigInt> {
+        Some(BigInt(live_num_queries(ctx, &self.row).await))
     }
     async fn user_email(&self) -> Option<&str> {
         self.row.user_email.as_deref()

@@ -16,6 +16,7 @@ pub mod root;
 pub mod scaling_groups;
 pub mod scheduler;
 pub mod session;
+pub mod session_extra;
 pub mod stream;
 pub mod templates;
 pub mod usage;

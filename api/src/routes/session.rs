@@ -78,10 +78,7 @@ pub async fn create(
     ensure_not_frozen(&state).await?;
     let owner = owner_of(&state, &user, &uri).await?;
     let enqueue_only = p.enqueue_only;
-    let wait = match p.max_wait_seconds.unwrap_or(0) {
-        0 => DEFAULT_MAX_WAIT,
-        s => Duration::from_secs(s.max(0) as u64).min(MAX_WAIT_CAP),
-    };
+    let wait = max_wait(p.max_wait_seconds);
     let requester_is_owner = owner.access_key == user.access_key;
     let spec = match plan(&state, requester_is_owner, user.is_superadmin(), &owner, p).await? {
         Plan::Reuse(row) => {
@@ -101,6 +98,31 @@ pub async fn create(
     };
     let session_id = spec.session_id;
     let name = spec.name.clone();
+    let (status, ports) = enqueue_and_wait(&state, &req_id, spec, enqueue_only, wait).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "sessionId": session_id,
+            "sessionName": name,
+            "status": status,
+            "servicePorts": ports,
+            "created": true,
+        })),
+    )
+        .into_response())
+}
+
+/// Enqueues a validated session and, unless `enqueue_only`, waits up to `wait` for it to
+/// start, be cancelled or end: the status to answer (`PENDING`, `TIMEOUT`, the status then)
+/// and the service ports of a RUNNING session. Shared by every create endpoint.
+pub async fn enqueue_and_wait(
+    state: &AppState,
+    req_id: &ReqId,
+    spec: Box<bai_events::session::SessionSpec>,
+    enqueue_only: bool,
+    wait: Duration,
+) -> ApiResult<(String, Value)> {
+    let session_id = spec.session_id;
     // Subscribe before publishing, so a session that starts at once is not missed.
     let mut events = if enqueue_only {
         None
@@ -117,22 +139,9 @@ pub async fn create(
                 })?,
         )
     };
-    commands::send(&state, &req_id, Command::CreateSession(spec)).await?;
-    let created = |status: &str, ports: Value| {
-        (
-            StatusCode::CREATED,
-            Json(json!({
-                "sessionId": session_id,
-                "sessionName": name,
-                "status": status,
-                "servicePorts": ports,
-                "created": true,
-            })),
-        )
-            .into_response()
-    };
+    commands::send(state, req_id, Command::CreateSession(spec)).await?;
     let Some(sub) = events.as_mut() else {
-        return Ok(created("PENDING", json!([])));
+        return Ok(("PENDING".into(), json!([])));
     };
     let settled = tokio::time::timeout(wait, async {
         while let Some(msg) = sub.next().await {
@@ -153,7 +162,7 @@ pub async fn create(
     .await;
     drop(events);
     if !matches!(settled, Ok(true)) {
-        return Ok(created("TIMEOUT", json!([])));
+        return Ok(("TIMEOUT".into(), json!([])));
     }
     let mut txn = state.db.begin_readonly().await?;
     let row = lookup::by_id(&mut txn, session_id).await?;
@@ -165,10 +174,18 @@ pub async fn create(
             } else {
                 json!([])
             };
-            created(&r.status, ports)
+            (r.status, ports)
         }
-        None => created("PENDING", json!([])),
+        None => ("PENDING".into(), json!([])),
     })
+}
+
+/// The `maxWaitSeconds` of a create request as a bound (0 = "wait", bounded anyway).
+pub fn max_wait(seconds: Option<i64>) -> Duration {
+    match seconds.unwrap_or(0) {
+        0 => DEFAULT_MAX_WAIT,
+        s => Duration::from_secs(s.max(0) as u64).min(MAX_WAIT_CAP),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,6 +310,7 @@ pub async fn info(
     .fetch_one(&mut *txn)
     .await?;
     txn.commit().await?;
+    let num_queries = access::num_queries(&state, s.kernel_id, row.num_queries).await;
     let str_or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "None".into());
     let age = row
         .created_at
@@ -316,7 +334,7 @@ pub async fn info(
         "age": age,
         "creationTime": row.created_at.as_ref().map(py_datetime),
         "terminationTime": row.terminated_at.as_ref().map(py_datetime),
-        "numQueriesExecuted": row.num_queries.unwrap_or(0),
+        "numQueriesExecuted": num_queries,
         "lastStat": row.last_stat,
     })))
 }
@@ -502,7 +520,8 @@ pub async fn execute(
     let owner = owner_of(&state, &user, &uri).await?;
     let session = lookup_session(&state, &owner, &name, false).await?;
     let t = target(&state, &session)?;
-    access::touch(&state, t.session_id).await;
+    // Every execute call counts, as in the original (`increment_session_usage`).
+    access::touch_and_count(&state, t.session_id, t.kernel_id).await;
     if mode == ExecMode::Complete {
         let r = t
             .rpc

@@ -110,8 +110,13 @@ async fn run_execute(state: AppState, t: KernelTarget, api: u32, mut socket: Web
         Some(v) => v.clone(),
     };
     let mut run_id: Option<String> = None;
+    // One streamed run is one query (its continuation steps are not counted again).
+    access::touch_and_count(&state, t.session_id, t.kernel_id).await;
+    let mut first = true;
     loop {
-        access::touch(&state, t.session_id).await;
+        if !std::mem::take(&mut first) {
+            access::touch(&state, t.session_id).await;
+        }
         let res = t
             .rpc
             .execute(

@@ -549,6 +549,12 @@ pub async fn plan(
 
     // --- database (one read-only transaction) ---
     let mut txn = state.db.begin_readonly().await?;
+    // A snapshot is all validation needs (the worker's SERIALIZABLE insert and the unique
+    // index decide races): without SERIALIZABLE's predicate locks these reads of `kernels`
+    // neither abort nor make the workers' concurrent inserts abort under load.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *txn)
+        .await?;
     let domain: Option<(String, Vec<String>)> = sqlx::query_as(
         "SELECT name, allowed_docker_registries FROM domains WHERE name = $1 AND is_active",
     )
@@ -601,7 +607,7 @@ pub async fn plan(
         return Err(invalid("Invalid group"));
     };
 
-    let image = resolve_image(&state.etcd, &p.image, &allowed_registries).await?;
+    let image = super::cache::image(&state.etcd, &p.image, &allowed_registries).await?;
     if !allowed_registries.contains(&image.registry) {
         return Err(image_not_found().with_msg(format!(
             "The registry {} of the image is not allowed in the domain {domain_name}.",
@@ -723,9 +729,7 @@ pub async fn plan(
     .await?;
     txn.commit().await?;
 
-    let known = crate::slots::known_slot_types(&state.etcd)
-        .await
-        .map_err(ApiError::internal_from)?;
+    let known = super::cache::known_slot_types(&state.etcd).await?;
     let slots = requested_slots(config.resources.as_ref(), &known, &image)?;
     let slots_json = slots.to_json();
 
@@ -736,6 +740,7 @@ pub async fn plan(
         cluster_idx: 1,
         cluster_hostname: "main1".into(),
         occupied_slots: slots_json.clone(),
+        ..Default::default()
     }];
     for i in 1..p.cluster_size {
         kernels.push(KernelSpec {
@@ -744,6 +749,7 @@ pub async fn plan(
             cluster_idx: i as i32,
             cluster_hostname: format!("sub{i}"),
             occupied_slots: slots_json.clone(),
+            ..Default::default()
         });
     }
     Ok(Plan::Create(Box::new(SessionSpec {

@@ -142,6 +142,35 @@ pub async fn find_session(
     Err(session_not_found())
 }
 
+/// The match set `key` designates for `access_key` (`GET /session/_/match`): the first
+/// non-empty set of live sessions by session-id prefix, name prefix, kernel-id prefix
+/// (newest first, at most 10) — the candidates [`find_session`] chooses from.
+pub async fn match_sessions(
+    txn: &mut Txn,
+    key: &str,
+    access_key: &str,
+) -> ApiResult<Vec<SessionRow>> {
+    if key.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id_pattern = format!("{}%", like_escape(&key.to_ascii_lowercase()));
+    let name_pattern = format!("{}%", like_escape(key));
+    for (cond, pattern) in [
+        ("k.session_id::text LIKE $1", &id_pattern),
+        ("k.session_name LIKE $1", &name_pattern),
+        (
+            "k.session_id IN (SELECT s.session_id FROM kernels s WHERE s.id::text LIKE $1)",
+            &id_pattern,
+        ),
+    ] {
+        let rows = match_set(txn, cond, pattern, access_key, false).await?;
+        if !rows.is_empty() {
+            return Ok(rows);
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// The live session of `access_key` with exactly this name, if any.
 pub async fn find_by_exact_name(
     txn: &mut Txn,

@@ -5,11 +5,15 @@
 //!   the worker inserts (image resolution from etcd, resources, scaling group, owner);
 //! * [`kernel`]: calling the main kernel's agent (execute, files, logs...) and mapping
 //!   agent failures to the original's error types;
-//! * [`access`]: the last-access timestamp the idle checker reads from Redis.
+//! * [`access`]: the last-access timestamp the idle checker reads from Redis, and the
+//!   execute counter (`kernels.num_queries`);
+//! * [`cluster`]: `_/create-cluster` from stored cluster and task templates.
 //!
 //! [`SessionSpec`]: bai_events::session::SessionSpec
 
 pub mod access;
+pub mod cache;
+pub mod cluster;
 pub mod create;
 pub mod kernel;
 pub mod lookup;

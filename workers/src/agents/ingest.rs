@@ -31,7 +31,7 @@ use uuid::Uuid;
 use bai_agent_proto::amqp;
 use bai_agent_proto::{decode, AgentEvent, AgentMessage, Names};
 use bai_core::redis::redis;
-use bai_events::Event;
+use bai_events::{Command, Envelope, Event};
 
 use super::kernels::{self, KernelTransition};
 use super::liveness::agent_lost;
@@ -437,6 +437,23 @@ pub async fn handle_lifecycle(rt: &AgentsRuntime, msg: &AgentMessage) -> anyhow:
                     }
                 };
                 rt.publish(derived_id(sid, "session_result"), event).await;
+                // The original's `handle_batch_result`: a finished batch session is
+                // destroyed (reason `task-finished`). Through a durable command whose id
+                // is derived from the session, so a redelivered result queues it once
+                // (JetStream de-duplication) and a worker crash cannot lose it.
+                let cmd = Command::TerminateSession {
+                    session_id: sid,
+                    reason: crate::sessions::BATCH_FINISHED_REASON.into(),
+                };
+                let env = Envelope::new(
+                    derived_id(sid, crate::sessions::BATCH_FINISHED_REASON),
+                    rt.ctx.bus.originator(),
+                    cmd,
+                );
+                if let Err(e) = rt.ctx.bus.enqueue_command(&env).await {
+                    tracing::warn!(session_id = %sid, error = %e, "cannot queue a finished batch session's termination");
+                    return Err(e.into());
+                }
             }
         }
         AgentEvent::KernelStats { stats } => {

@@ -44,7 +44,19 @@ pub async fn dispatch(
             })
         }
         Command::TerminateSession { session_id, reason } => {
-            crate::sessions::destroy(ctx, *session_id, false, reason).await
+            let reply = crate::sessions::destroy(ctx, *session_id, false, reason).await?;
+            // System-issued terminations (batch end, idle timeout) of a session still in a
+            // transitional status (e.g. its start is being recorded) are retried with the
+            // runtime's backoff instead of being dropped: the session becomes RUNNING soon.
+            if let CommandReply::Rejected {
+                http_status: 403, ..
+            } = &reply
+            {
+                return Err(HandlerError::Transient(anyhow::anyhow!(
+                    "session {session_id} cannot be terminated yet ({reason})"
+                )));
+            }
+            Ok(reply)
         }
         Command::CreateSession(spec) => crate::sessions::create(ctx, env, spec).await,
         Command::DestroySession {

@@ -28,6 +28,10 @@ use crate::runtime::{HandlerError, WorkerContext};
 
 pub use scheduler::SessionScheduler;
 
+/// Why a finished batch session is destroyed (the original's `handle_batch_result`); it
+/// ends up as the kernels' `status_info`.
+pub const BATCH_FINISHED_REASON: &str = "task-finished";
+
 const KERNEL_INSERT: &str = "INSERT INTO kernels (\
     id, session_id, session_creation_id, session_name, session_type, cluster_mode, cluster_size, \
     cluster_role, cluster_idx, cluster_hostname, scaling_group, domain_name, group_id, user_uuid, \
@@ -79,18 +83,18 @@ pub async fn create(
                     .bind(s.group_id)
                     .bind(s.user_uuid)
                     .bind(&s.access_key)
-                    .bind(&s.image)
-                    .bind(&s.registry)
+                    .bind(k.image.as_ref().unwrap_or(&s.image))
+                    .bind(k.registry.as_ref().unwrap_or(&s.registry))
                     .bind(&s.tag)
                     .bind(&k.occupied_slots)
-                    .bind(&s.environ)
+                    .bind(k.environ.as_ref().unwrap_or(&s.environ))
                     .bind(&mounts)
                     .bind(&s.mount_map)
                     .bind(&s.resource_opts)
-                    .bind(&s.bootstrap_script)
+                    .bind(k.bootstrap_script.as_ref().or(s.bootstrap_script.as_ref()))
                     .bind(&s.preopen_ports)
                     .bind(s.starts_at)
-                    .bind(&s.startup_command)
+                    .bind(k.startup_command.as_ref().or(s.startup_command.as_ref()))
                     .bind(&s.internal_data)
                     .execute(&mut **txn)
                     .await?;
@@ -180,11 +184,11 @@ pub async fn destroy(
     forced: bool,
     reason: &str,
 ) -> Result<CommandReply, HandlerError> {
-    let reason = reason.to_string();
+    let reason_owned = reason.to_string();
     let outcome = ctx
         .db
         .transact(move |txn| {
-            let reason = reason.clone();
+            let reason = reason_owned.clone();
             Box::pin(async move {
                 let rows: Vec<DestroyRow> = sqlx::query_as(
                     "SELECT id, status::text, agent, access_key, COALESCE(session_creation_id, '') \
@@ -253,7 +257,8 @@ pub async fn destroy(
                         _ => {
                             sqlx::query(
                                 "UPDATE kernels SET status = 'TERMINATING', status_info = $2, status_changed = now(), \
-                                 status_data = '{\"kernel\": {\"exit_code\": null}, \"session\": {\"status\": \"terminating\"}}'::jsonb \
+                                 status_data = COALESCE(status_data, '{}'::jsonb) || \
+                                 '{\"kernel\": {\"exit_code\": null}, \"session\": {\"status\": \"terminating\"}}'::jsonb \
                                  WHERE id = $1",
                             )
                             .bind(id)
@@ -295,7 +300,7 @@ pub async fn destroy(
             kernel_id: *k,
             session_id,
             creation_id: plan.creation_id.clone(),
-            reason: "user-requested".into(),
+            reason: reason.to_string(),
         };
         publish(ctx, derived_id(*k, "kernel_cancelled"), ev).await;
     }
@@ -303,7 +308,7 @@ pub async fn destroy(
         let ev = Event::KernelTerminating {
             kernel_id: *k,
             session_id,
-            reason: "user-requested".into(),
+            reason: reason.to_string(),
             exit_code: -1,
         };
         publish(ctx, derived_id(*k, "kernel_terminating"), ev).await;
@@ -321,7 +326,7 @@ pub async fn destroy(
         let ev = Event::SessionCancelled {
             session_id,
             creation_id: plan.creation_id.clone(),
-            reason: "user-requested".into(),
+            reason: reason.to_string(),
         };
         publish(ctx, derived_id(session_id, "session_cancelled"), ev).await;
     }
@@ -335,13 +340,12 @@ pub async fn destroy(
     // The agents answer with kernel_terminated events, which finish the job; a dead agent
     // is handled by the liveness monitor, so RPC errors are only logged.
     if let Some(rpc) = &ctx.agent_rpc {
+        // The agent reports the kernel's end with this reason, which becomes its
+        // `status_info` (`user-requested`, `idle-timeout`, `task-finished`, ...).
         let calls = plan.rpc.iter().map(|(kid, agent)| {
             let rpc = rpc.clone();
             async move {
-                if let Err(e) = rpc
-                    .destroy_kernel(agent, *kid, Some("user-requested"), false)
-                    .await
-                {
+                if let Err(e) = rpc.destroy_kernel(agent, *kid, Some(reason), false).await {
                     tracing::warn!(error = %e, kernel = %kid, agent, "destroy_kernel failed");
                 }
             }
