@@ -347,6 +347,10 @@ async fn count_status(db: &Db, like: &str, status: &str) -> anyhow::Result<i64> 
 
 pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(Some(&args.config))?;
+    // Only when asked (RUST_LOG): the worker's and the API's warnings explain slow phases.
+    if std::env::var_os("RUST_LOG").is_some() {
+        bai_core::telemetry::init(&cfg.logging);
+    }
     let tag = Uuid::new_v4().simple().to_string()[..10].to_string();
     let prefix = format!("bsess{tag}");
     let db_name = format!("bai_bench_sess_{tag}");
@@ -479,6 +483,20 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
                 "{}",
                 fixed.row(&format!("A enqueue, fixed {} req/s", args.rate))
             );
+        }
+        // Phase A may leave create commands queued behind the replies it timed out on:
+        // wait until the inserts stop (no new kernel row for 2 s), so that none of them
+        // lands in phase B's scheduler.
+        let mut last = -1i64;
+        let mut still = 0;
+        while still < 10 {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM kernels")
+                .fetch_one(db.pool())
+                .await
+                .unwrap_or(-1);
+            still = if n == last { still + 1 } else { 0 };
+            last = n;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Phase A's sessions would otherwise all be scheduled now.
         sqlx::query(
