@@ -388,10 +388,14 @@ async fn bursts_of_triggers_coalesce_without_losing_the_last_wake_up() {
     let mut queued = 0;
     for i in 0..1000 {
         for g in ["default".to_string(), groups[i % 10].clone()] {
+            // Stamped when the request is sent: the server decides (queue or coalesce) after
+            // this instant, and under load its answer can arrive after the pass it caused
+            // has already started, so a stamp taken on return would be too late.
+            let sent = Instant::now();
             if bus.request_schedule(&g).await.unwrap() {
                 queued += 1;
             }
-            last_request.insert(g, Instant::now());
+            last_request.insert(g, sent);
         }
     }
     // Wait until every group has had a pass that started after its last request.

@@ -633,6 +633,8 @@ async fn official_client_vfolders() {
     c.ok(&["vfolder", "upload", &vf, "vf.txt"], &["Done."])
         .await;
     c.ok(&["vfolder", "ls", &vf, "."], &["vf.txt"]).await;
+    // The 21.3.6 client writes into `<base-dir>/<name>` without creating the base dir.
+    std::fs::create_dir_all(c.cwd.join("dl")).expect("create dl");
     c.ok(
         &["vfolder", "download", &vf, "vf.txt", "-b", "dl"],
         &["Done."],
