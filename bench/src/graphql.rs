@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::{json, Value};
 
-use bai_api::auth::hmac::{self, HashType, SigningInput};
+use crate::sign::Signer;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GraphqlArgs {
@@ -51,71 +50,17 @@ pub struct GraphqlArgs {
 const KEYPAIR: &str = "query {  keypair {    access_key secret_key is_active is_admin  }}";
 const KEYPAIR_LIST: &str = "query($limit:Int!, $offset:Int!, $is_active: Boolean, $domain_name: String, $filter: String, $order: String) {\n  keypair_list(\n      limit:$limit, offset:$offset, is_active:$is_active, domain_name:$domain_name, filter:$filter, order:$order) {\n    items { user_id user_info { full_name } access_key secret_key is_active is_admin created_at last_used resource_policy rate_limit concurrency_limit concurrency_used }\n    total_count\n  }\n}";
 
-struct Signer {
-    endpoint: String,
-    host: String,
-    access_key: String,
-    secret_key: String,
-}
-
-impl Signer {
-    fn new(args: &GraphqlArgs) -> anyhow::Result<Self> {
-        let endpoint = args.endpoint.trim_end_matches('/').to_string();
-        let host = endpoint
-            .split("://")
-            .nth(1)
-            .ok_or_else(|| anyhow::anyhow!("endpoint must be an absolute URL"))?
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        Ok(Self {
-            endpoint,
-            host,
-            access_key: args.access_key.clone(),
-            secret_key: args.secret_key.clone(),
-        })
-    }
-
-    fn request(&self, client: &reqwest::Client, body: &bytes::Bytes) -> reqwest::RequestBuilder {
-        let now = Utc::now();
-        let date = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
-        let input = SigningInput {
-            method: "POST",
-            path_and_query: "/admin/gql",
-            date_raw: &date,
-            host: &self.host,
-            media_type: "application/json",
-            version_label: "x-backendai-version",
-            version: "v6.20210815",
-        };
-        let sts = hmac::string_to_sign(&input, HashType::Sha256);
-        let sig = hmac::sign(
-            HashType::Sha256,
-            &self.secret_key,
-            now.date_naive(),
-            &self.host,
-            &sts,
-        );
-        client
-            .post(format!("{}/admin/gql", self.endpoint))
-            .header("Date", date)
-            .header("Content-Type", "application/json")
-            .header("X-BackendAI-Version", "v6.20210815")
-            .header(
-                "Authorization",
-                format!(
-                    "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
-                    self.access_key
-                ),
-            )
-            .body(body.clone())
-    }
-}
-
 /// Sends one request; `Ok` only for a 200 with data and no errors.
 async fn one(client: &reqwest::Client, signer: &Signer, body: &bytes::Bytes) -> anyhow::Result<()> {
-    let resp = signer.request(client, body).send().await?;
+    let resp = signer
+        .request(
+            client,
+            reqwest::Method::POST,
+            "/admin/gql",
+            Some(body.clone()),
+        )
+        .send()
+        .await?;
     let status = resp.status();
     let bytes = resp.bytes().await?;
     if !status.is_success() {
@@ -257,7 +202,11 @@ async fn fixed_rate(
 }
 
 pub async fn run(args: GraphqlArgs) -> anyhow::Result<()> {
-    let signer = Arc::new(Signer::new(&args)?);
+    let signer = Arc::new(Signer::new(
+        &args.endpoint,
+        &args.access_key,
+        &args.secret_key,
+    )?);
     let mut queries: Vec<(&str, Value)> = Vec::new();
     if args.query == "keypair" || args.query == "both" {
         queries.push(("keypair", json!({"query": KEYPAIR, "variables": {}})));
@@ -273,7 +222,7 @@ pub async fn run(args: GraphqlArgs) -> anyhow::Result<()> {
     }
     println!(
         "GraphQL bench against {} ({} connections, {} s; fixed rate {} req/s for {} s)",
-        signer.endpoint, args.connections, args.duration, args.rate, args.rate_duration
+        signer.base, args.connections, args.duration, args.rate, args.rate_duration
     );
     for (label, body) in &queries {
         let body = bytes::Bytes::from(body.to_string());

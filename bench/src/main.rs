@@ -5,6 +5,7 @@ mod bus;
 mod graphql;
 mod sched;
 mod sessions;
+mod sign;
 mod sse;
 
 use clap::{Parser, Subcommand};

@@ -20,15 +20,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::sign::Signer;
 use bai_agent::{SimConfig, SimFleet};
 use bai_agent_proto::{amqp, Names};
-use bai_api::auth::hmac::{self, HashType, SigningInput};
 use bai_core::etcd::Etcd;
 use bai_core::redis::redis;
 use bai_core::{Config, Db};
@@ -71,50 +70,6 @@ pub struct SessionsArgs {
 
 const ADMIN_EMAIL: &str = "admin@lablup.com";
 
-struct Signer {
-    base: String,
-    host: String,
-    access_key: String,
-    secret_key: String,
-}
-
-impl Signer {
-    fn post(&self, client: &reqwest::Client, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
-        let now = Utc::now();
-        let date = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
-        let input = SigningInput {
-            method: "POST",
-            path_and_query: path,
-            date_raw: &date,
-            host: &self.host,
-            media_type: "application/json",
-            version_label: "x-backendai-version",
-            version: "v6.20210815",
-        };
-        let sts = hmac::string_to_sign(&input, HashType::Sha256);
-        let sig = hmac::sign(
-            HashType::Sha256,
-            &self.secret_key,
-            now.date_naive(),
-            &self.host,
-            &sts,
-        );
-        client
-            .post(format!("{}{path}", self.base))
-            .header("Date", date)
-            .header("Content-Type", "application/json")
-            .header("X-BackendAI-Version", "v6.20210815")
-            .header(
-                "Authorization",
-                format!(
-                    "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
-                    self.access_key
-                ),
-            )
-            .body(body)
-    }
-}
-
 /// The body client 21.3.6 sends for `backend.ai start` (api-rest.md §2.1).
 fn create_body(name: &str, enqueue_only: bool) -> Vec<u8> {
     json!({
@@ -139,7 +94,12 @@ async fn create_one(
     enqueue_only: bool,
 ) -> anyhow::Result<String> {
     let resp = signer
-        .post(client, "/session", create_body(name, enqueue_only))
+        .request(
+            client,
+            reqwest::Method::POST,
+            "/session",
+            Some(create_body(name, enqueue_only).into()),
+        )
         .send()
         .await?;
     let status = resp.status();
@@ -431,12 +391,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let signer = Arc::new(Signer {
-        base: format!("http://{addr}"),
-        host: addr.to_string(),
-        access_key: ak.clone(),
-        secret_key: sk.clone(),
-    });
+    let signer = Arc::new(Signer::new(&format!("http://{addr}"), &ak, &sk)?);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use bai_api::auth::hmac::{self, HashType, SigningInput};
+use crate::sign::Signer;
 use bai_core::Config;
 use bai_events::{Bus, BusOptions, Event};
 
@@ -65,48 +65,6 @@ pub struct SseArgs {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 64)]
     pub publishers: usize,
-}
-
-struct Signer {
-    endpoint: String,
-    host: String,
-    access_key: String,
-    secret_key: String,
-}
-
-impl Signer {
-    fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
-        let now = Utc::now();
-        let date = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
-        let input = SigningInput {
-            method: "GET",
-            path_and_query: path,
-            date_raw: &date,
-            host: &self.host,
-            media_type: "application/octet-stream",
-            version_label: "x-backendai-version",
-            version: "v6.20210815",
-        };
-        let sts = hmac::string_to_sign(&input, HashType::Sha256);
-        let sig = hmac::sign(
-            HashType::Sha256,
-            &self.secret_key,
-            now.date_naive(),
-            &self.host,
-            &sts,
-        );
-        client
-            .get(format!("{}{path}", self.endpoint))
-            .header("Date", date)
-            .header("X-BackendAI-Version", "v6.20210815")
-            .header(
-                "Authorization",
-                format!(
-                    "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
-                    self.access_key
-                ),
-            )
-    }
 }
 
 fn now_us() -> u64 {
@@ -244,20 +202,11 @@ pub async fn run(args: SseArgs) -> anyhow::Result<()> {
     .await?;
     let api_pid = args.api_pid.or_else(find_api_pid);
     let rss = || api_pid.and_then(rss_kib);
-    let endpoint = args.endpoint.trim_end_matches('/').to_string();
-    let signer = Arc::new(Signer {
-        host: endpoint
-            .split("://")
-            .nth(1)
-            .unwrap_or_default()
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        endpoint,
-        access_key: args.access_key.clone(),
-        secret_key: args.secret_key.clone(),
-    });
+    let signer = Arc::new(Signer::new(
+        &args.endpoint,
+        &args.access_key,
+        &args.secret_key,
+    )?);
 
     // 1. Sessions.
     let (user, domain): (Uuid, String) = sqlx::query_as(
@@ -324,7 +273,7 @@ async fn measure(
                 "/events/session?sessionId={}&scope=session",
                 sessions[i % sessions.len()]
             );
-            let req = signer.get(&client, &path);
+            let req = signer.request(&client, reqwest::Method::GET, &path, None);
             async move {
                 let r = req.send().await?;
                 anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
@@ -352,7 +301,12 @@ async fn measure(
     for _ in 0..args.stalled {
         // Kept open, never read.
         match signer
-            .get(&client, "/events/session?sessionName=*")
+            .request(
+                &client,
+                reqwest::Method::GET,
+                "/events/session?sessionName=*",
+                None,
+            )
             .send()
             .await
         {

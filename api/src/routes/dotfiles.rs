@@ -41,32 +41,8 @@ const RESERVED_DOTFILES: &[&str] = &[
     ".config",
 ];
 
-/// The original's `RESERVED_VFOLDERS`.
-const RESERVED_VFOLDERS: &[&str] = &[
-    ".terminfo",
-    ".jupyter",
-    ".tmux.conf",
-    ".ssh",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib64",
-    "/media",
-    "/mnt",
-    "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
-    "/srv",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/home",
-];
+/// The original's `RESERVED_VFOLDERS` (shared with vfolder name checks).
+use bai_core::vfolder::RESERVED_NAMES as RESERVED_VFOLDERS;
 
 /// `verify_vfolder_name`: reserved names and `^\.[a-z0-9]+rc$` / `^\.[a-z0-9]+_profile$`.
 pub fn is_reserved_vfolder_name(name: &str) -> bool {
