@@ -75,6 +75,8 @@ if [[ ${DEMO_VFOLDER:-1} != 0 ]]; then
     echo "Backend.AI demo, $(date -u)" >story.txt
     bai vfolder upload "$VF" story.txt
     bai vfolder ls "$VF" .
+    # The 21.3.6 client writes into <base-dir>/<name> without creating the base dir.
+    mkdir -p back
     bai vfolder download "$VF" story.txt -b back
     if cmp -s story.txt back/story.txt; then
         echo "round trip OK: $(cat back/story.txt)"
