@@ -107,10 +107,53 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        // Outside the auth layer, like the API's `/metrics`: scrapers carry no secret, so
+        // restrict this port at the network level (docs/DEPLOYMENT.md).
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 type St = State<Arc<AppState>>;
+
+/// `GET /metrics` (Prometheus text): capacity and use of every volume, read on scrape.
+async fn metrics(State(st): St) -> Response {
+    use bai_core::metrics::{gauge_vec, register, render};
+    let capacity = gauge_vec(
+        "bai_storage_volume_capacity_bytes",
+        "Capacity of the filesystem holding each volume",
+        &["volume"],
+    );
+    let used = gauge_vec(
+        "bai_storage_volume_used_bytes",
+        "Bytes used on the filesystem holding each volume",
+        &["volume"],
+    );
+    for (name, v) in &st.volumes {
+        match v.usage().await {
+            Ok(u) => {
+                let as_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+                capacity
+                    .with_label_values(&[name.as_str()])
+                    .set(as_i64(u.capacity_bytes));
+                used.with_label_values(&[name.as_str()])
+                    .set(as_i64(u.used_bytes));
+            }
+            Err(e) => tracing::warn!(volume = %name, error = %e, "volume usage unavailable"),
+        }
+    }
+    // A fresh registry per scrape: the values are read now, nothing accumulates.
+    let registry = bai_core::metrics::prometheus::Registry::new();
+    register(&registry, capacity);
+    register(&registry, used);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            bai_core::metrics::CONTENT_TYPE,
+        )],
+        render(&registry),
+    )
+        .into_response()
+}
 
 async fn status() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "type": "maintainer", "api_version": 1}))

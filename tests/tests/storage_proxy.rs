@@ -232,6 +232,25 @@ async fn manager_routes_end_to_end() {
     let vu = c.volume_usage(VOL).await.unwrap();
     assert!(vu.capacity_bytes > 0 && vu.used_bytes <= vu.capacity_bytes);
 
+    // `/metrics` answers without the secret, with the volume's gauges read on scrape.
+    let text = px
+        .http
+        .get(format!("{}/metrics", c.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "bai_storage_volume_capacity_bytes{{volume=\"{VOL}\"}}"
+        )),
+        "{text}"
+    );
+
     // Create (idempotent), mount path in the original's layout.
     let vfid = px.new_folder(None).await;
     c.create_folder(VOL, vfid, None).await.unwrap();
