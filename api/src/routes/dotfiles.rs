@@ -100,6 +100,12 @@ fn check_dotfile(path: &str, permission: &str, data: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The validated dotfile of a create or update request.
+fn checked_dotfile(path: String, perm: String, data: String) -> ApiResult<Dotfile> {
+    check_dotfile(&path, &perm, &data)?;
+    Ok(Dotfile { path, perm, data })
+}
+
 fn listing(files: Vec<Dotfile>) -> Value {
     Value::Array(
         files
@@ -171,14 +177,7 @@ pub async fn create_user_dotfile(
     uri: Uri,
     Params(p): Params<WriteParams>,
 ) -> ApiResult<Json<Value>> {
-    check_dotfile(&p.path, &p.permission, &p.data)?;
-    let owner = user_owner(&state, &user, &uri).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
-    send_action(&state, &req_id, &user, owner, DotfileAction::Create(f)).await
+    write_user_dotfile(state, user, req_id, uri, p, DotfileAction::Create).await
 }
 
 pub async fn update_user_dotfile(
@@ -188,14 +187,20 @@ pub async fn update_user_dotfile(
     uri: Uri,
     Params(p): Params<WriteParams>,
 ) -> ApiResult<Json<Value>> {
-    check_dotfile(&p.path, &p.permission, &p.data)?;
+    write_user_dotfile(state, user, req_id, uri, p, DotfileAction::Update).await
+}
+
+async fn write_user_dotfile(
+    state: AppState,
+    user: AuthUser,
+    req_id: ReqId,
+    uri: Uri,
+    p: WriteParams,
+    action: fn(Dotfile) -> DotfileAction,
+) -> ApiResult<Json<Value>> {
+    let f = checked_dotfile(p.path, p.permission, p.data)?;
     let owner = user_owner(&state, &user, &uri).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
-    send_action(&state, &req_id, &user, owner, DotfileAction::Update(f)).await
+    send_action(&state, &req_id, &user, owner, action(f)).await
 }
 
 pub async fn delete_user_dotfile(
@@ -371,16 +376,7 @@ pub async fn create_domain_dotfile(
     req_id: ReqId,
     Params(p): Params<DomainWrite>,
 ) -> ApiResult<Json<Value>> {
-    check_domain_access(&user, &p.domain)?;
-    check_dotfile(&p.path, &p.permission, &p.data)?;
-    domain_exists(&state, &p.domain).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
-    let owner = DotfileOwner::Domain { name: p.domain };
-    send_action(&state, &req_id, &user, owner, DotfileAction::Create(f)).await
+    write_domain_dotfile(state, user, req_id, p, DotfileAction::Create).await
 }
 
 pub async fn update_domain_dotfile(
@@ -389,16 +385,21 @@ pub async fn update_domain_dotfile(
     req_id: ReqId,
     Params(p): Params<DomainWrite>,
 ) -> ApiResult<Json<Value>> {
+    write_domain_dotfile(state, user, req_id, p, DotfileAction::Update).await
+}
+
+async fn write_domain_dotfile(
+    state: AppState,
+    user: AuthUser,
+    req_id: ReqId,
+    p: DomainWrite,
+    action: fn(Dotfile) -> DotfileAction,
+) -> ApiResult<Json<Value>> {
     check_domain_access(&user, &p.domain)?;
-    check_dotfile(&p.path, &p.permission, &p.data)?;
+    let f = checked_dotfile(p.path, p.permission, p.data)?;
     domain_exists(&state, &p.domain).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
     let owner = DotfileOwner::Domain { name: p.domain };
-    send_action(&state, &req_id, &user, owner, DotfileAction::Update(f)).await
+    send_action(&state, &req_id, &user, owner, action(f)).await
 }
 
 pub async fn delete_domain_dotfile(
@@ -544,21 +545,7 @@ pub async fn create_group_dotfile(
     req_id: ReqId,
     Params(p): Params<GroupWrite>,
 ) -> ApiResult<Json<Value>> {
-    check_dotfile(&p.path, &p.permission, &p.data)?;
-    let id = resolve_group(&state, &user, &p.group, p.domain.as_deref(), true).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
-    send_action(
-        &state,
-        &req_id,
-        &user,
-        DotfileOwner::Group { id },
-        DotfileAction::Create(f),
-    )
-    .await
+    write_group_dotfile(state, user, req_id, p, DotfileAction::Create).await
 }
 
 pub async fn update_group_dotfile(
@@ -567,19 +554,24 @@ pub async fn update_group_dotfile(
     req_id: ReqId,
     Params(p): Params<GroupWrite>,
 ) -> ApiResult<Json<Value>> {
-    check_dotfile(&p.path, &p.permission, &p.data)?;
+    write_group_dotfile(state, user, req_id, p, DotfileAction::Update).await
+}
+
+async fn write_group_dotfile(
+    state: AppState,
+    user: AuthUser,
+    req_id: ReqId,
+    p: GroupWrite,
+    action: fn(Dotfile) -> DotfileAction,
+) -> ApiResult<Json<Value>> {
+    let f = checked_dotfile(p.path, p.permission, p.data)?;
     let id = resolve_group(&state, &user, &p.group, p.domain.as_deref(), true).await?;
-    let f = Dotfile {
-        path: p.path,
-        perm: p.permission,
-        data: p.data,
-    };
     send_action(
         &state,
         &req_id,
         &user,
         DotfileOwner::Group { id },
-        DotfileAction::Update(f),
+        action(f),
     )
     .await
 }

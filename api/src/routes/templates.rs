@@ -102,6 +102,14 @@ impl<'a> Strict<'a> {
             _ => Err(field(path, "value is not a dict")),
         }
     }
+    /// A required nested object (`key` of this one), checked as strictly as its parent.
+    fn required_object<'b>(&mut self, path: &'b str, key: &str) -> ApiResult<Strict<'b>> {
+        let v = self
+            .take(&[key])
+            .ok_or_else(|| field(path, "is required"))?;
+        Strict::new(path, v)
+    }
+
     fn take(&mut self, names: &[&str]) -> Option<Value> {
         names.iter().find_map(|n| self.obj.remove(*n))
     }
@@ -194,19 +202,11 @@ pub fn check_task_template(raw: Value) -> ApiResult<Value> {
     if kind != "taskTemplate" && kind != "task_template" {
         return Err(field("kind", "value doesn't match any variant"));
     }
-    let mut meta = Strict::new(
-        "metadata",
-        top.take(&["metadata"])
-            .ok_or_else(|| field("metadata", "is required"))?,
-    )?;
+    let mut meta = top.required_object("metadata", "metadata")?;
     let name = meta.string(&["name"])?;
     let tag = meta.opt_string(&["tag"])?;
     meta.strict()?;
-    let mut spec = Strict::new(
-        "spec",
-        top.take(&["spec"])
-            .ok_or_else(|| field("spec", "is required"))?,
-    )?;
+    let mut spec = top.required_object("spec", "spec")?;
     // `session_type` / `dest_dir` / `startup_command` (the stored spellings) are accepted
     // too, so a stored template validates to itself (GET as JSON, PUT it back).
     let session_type = match spec.take(&["type", "sessionType", "session_type"]) {
@@ -215,11 +215,7 @@ pub fn check_task_template(raw: Value) -> ApiResult<Value> {
         Some(Value::String(s)) if s.eq_ignore_ascii_case("batch") => "batch".into(),
         Some(_) => return Err(field("spec.type", "value doesn't match any variant")),
     };
-    let mut kernel = Strict::new(
-        "spec.kernel",
-        spec.take(&["kernel"])
-            .ok_or_else(|| field("spec.kernel", "is required"))?,
-    )?;
+    let mut kernel = spec.required_object("spec.kernel", "kernel")?;
     let image = kernel.string(&["image"])?;
     let environ = kernel.opt_mapping(&["environ"], json!({}), true)?;
     let run = match kernel.take(&["run"]) {
@@ -289,18 +285,10 @@ pub fn check_cluster_template(raw: Value) -> ApiResult<Value> {
     if mode != "single-node" && mode != "multi-node" {
         return Err(field("mode", "value doesn't match any variant"));
     }
-    let mut meta = Strict::new(
-        "metadata",
-        top.take(&["metadata"])
-            .ok_or_else(|| field("metadata", "is required"))?,
-    )?;
+    let mut meta = top.required_object("metadata", "metadata")?;
     let name = meta.string(&["name"])?;
     meta.strict()?;
-    let mut spec = Strict::new(
-        "spec",
-        top.take(&["spec"])
-            .ok_or_else(|| field("spec", "is required"))?,
-    )?;
+    let mut spec = top.required_object("spec", "spec")?;
     let environ = spec.opt_mapping(&["environ"], json!({}), true)?;
     let mounts = spec.opt_mapping(&["mounts"], json!({}), false)?;
     check_mounts(&mounts)?;
