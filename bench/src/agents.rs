@@ -24,6 +24,8 @@ use bai_events::{Bus, BusOptions};
 use bai_workers::agents::{AgentIngestOptions, AgentsRuntime};
 use bai_workers::{WorkerContext, WorkerMetrics};
 
+use crate::scratch::drop_db;
+
 #[derive(clap::Args)]
 pub struct AgentsArgs {
     /// manager.toml to take service addresses from.
@@ -91,33 +93,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 async fn bench_db(cfg: &Config, name: &str) -> anyhow::Result<Db> {
-    let mut admin_cfg = cfg.db.clone();
-    admin_cfg.name = "postgres".into();
-    let admin = sqlx::PgPool::connect(&admin_cfg.url()).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let mut c = cfg.db.clone();
-    c.name = name.into();
-    let db = Db::connect(&c, Duration::from_secs(10)).await?;
-    db.migrate().await?;
+    let db = crate::scratch::create_migrated_db(cfg, name).await?;
     sqlx::query("INSERT INTO scaling_groups (name, description, is_active, driver, scheduler) VALUES ('default', 'bench', true, 'static', 'fifo')")
         .execute(db.pool())
         .await?;
     Ok(db)
-}
-
-async fn drop_db(cfg: &Config, db: Db, name: &str) {
-    db.pool().close().await;
-    let mut admin_cfg = cfg.db.clone();
-    admin_cfg.name = "postgres".into();
-    if let Ok(admin) = sqlx::PgPool::connect(&admin_cfg.url()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-        admin.close().await;
-    }
 }
 
 /// (inserts, updates, deletes) of the `agents` table from the statistics collector.

@@ -4,6 +4,7 @@ mod agents;
 mod bus;
 mod graphql;
 mod sched;
+mod scratch;
 mod sessions;
 mod sign;
 mod sse;

@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::scratch::drop_db;
 use crate::sign::Signer;
 use bai_agent::{SimConfig, SimFleet};
 use bai_agent_proto::{amqp, Names};
@@ -263,17 +264,7 @@ async fn open_loop(
 }
 
 async fn fresh_db(cfg: &Config, name: &str, etcd: &Etcd) -> anyhow::Result<Db> {
-    let mut admin_cfg = cfg.db.clone();
-    admin_cfg.name = "postgres".into();
-    let admin = sqlx::PgPool::connect(&admin_cfg.url()).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let mut c = cfg.db.clone();
-    c.name = name.into();
-    let db = Db::connect(&c, Duration::from_secs(10)).await?;
-    db.migrate().await?;
+    let db = crate::scratch::create_migrated_db(cfg, name).await?;
     bai_core::fixtures::Fixture::read(std::path::Path::new("ops/fixtures/example.json"))?
         .populate(&db, Some(etcd))
         .await?;
@@ -281,18 +272,6 @@ async fn fresh_db(cfg: &Config, name: &str, etcd: &Etcd) -> anyhow::Result<Db> {
         .execute(db.pool())
         .await?;
     Ok(db)
-}
-
-async fn drop_db(cfg: &Config, db: Db, name: &str) {
-    db.pool().close().await;
-    let mut admin_cfg = cfg.db.clone();
-    admin_cfg.name = "postgres".into();
-    if let Ok(admin) = sqlx::PgPool::connect(&admin_cfg.url()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-        admin.close().await;
-    }
 }
 
 async fn count_status(db: &Db, like: &str, status: &str) -> anyhow::Result<i64> {
