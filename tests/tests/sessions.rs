@@ -142,22 +142,36 @@ async fn enqueue(c: &SignedClient, name: &str, image: &str, extra: Value) -> Uui
     Uuid::parse_str(body["sessionId"].as_str().unwrap()).unwrap()
 }
 
+/// A snapshot for the test's own observations. The pool's default is SERIALIZABLE, and a
+/// polling read taken while the scheduler writes can lose a serialization race (40001);
+/// what the tests assert needs only a consistent snapshot.
+async fn snapshot(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    app.db
+        .db
+        .pool()
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .unwrap()
+}
+
 async fn kernel_statuses(app: &TestApp, session_id: Uuid) -> Vec<String> {
+    let mut txn = snapshot(app).await;
     sqlx::query_scalar(
         "SELECT status::text FROM kernels WHERE session_id = $1 ORDER BY cluster_idx",
     )
     .bind(session_id)
-    .fetch_all(app.db.db.pool())
+    .fetch_all(&mut *txn)
     .await
     .unwrap()
 }
 
 async fn main_row(app: &TestApp, session_id: Uuid) -> (String, Option<String>, Option<Value>) {
+    let mut txn = snapshot(app).await;
     sqlx::query_as(
         "SELECT status::text, status_info, status_data FROM kernels WHERE session_id = $1 AND cluster_role = 'main'",
     )
     .bind(session_id)
-    .fetch_one(app.db.db.pool())
+    .fetch_one(&mut *txn)
     .await
     .unwrap()
 }
